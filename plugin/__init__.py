@@ -1,0 +1,1 @@
+"""pynet: a Docker remote network driver that builds what the built-in bridge driver builds."""

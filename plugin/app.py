@@ -1,0 +1,133 @@
+"""The HTTP layer: remote-driver JSON in, driver calls, JSON (or ``{"Err": ...}``) out.
+
+Nothing here decides anything. dockerd sends no Content-Type and empty bodies for the handshake,
+so bodies are parsed by hand; every error, including ones pynet did not foresee, becomes a JSON
+``Err`` so dockerd shows the user a sentence instead of an HTML page.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from plugin import protocol
+from plugin.driver import Driver
+from plugin.errors import InvalidRequest, PynetError
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+MAX_BODY = 1 << 20  # dockerd's largest bodies are a few KiB; refuse anything absurd
+
+
+def _reply(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype=CONTENT_TYPE)
+
+
+def _body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _create_endpoint(d: Driver, body: Any) -> dict[str, Any]:
+    mac = d.create_endpoint(protocol.CreateEndpoint.parse(body))
+    return {"Interface": {"MacAddress": mac}} if mac else {}
+
+
+def _join(d: Driver, body: Any) -> dict[str, Any]:
+    joined = d.join(protocol.Join.parse(body))
+    reply: dict[str, Any] = {
+        "InterfaceName": {"SrcName": joined.src_name, "DstPrefix": joined.dst_prefix}}
+    if joined.gateway:
+        reply["Gateway"] = joined.gateway
+    if joined.gateway_v6:
+        reply["GatewayIPv6"] = joined.gateway_v6
+    return reply
+
+
+def _empty(action: Callable[[Driver, Any], None]) -> Callable[[Driver, Any], dict[str, Any]]:
+    def handler(d: Driver, body: Any) -> dict[str, Any]:
+        action(d, body)
+        return {}
+    return handler
+
+
+def _endpoint_ref(body: Any) -> protocol.EndpointRef:
+    return protocol.EndpointRef.parse(body)
+
+
+# Calls that change or read driver state; each runs under the driver's lock.
+DRIVER_CALLS: dict[str, Callable[[Driver, Any], dict[str, Any]]] = {
+    "CreateNetwork": _empty(lambda d, b: d.create_network(protocol.CreateNetwork.parse(b))),
+    "DeleteNetwork": _empty(lambda d, b: d.delete_network(protocol.NetworkRef.parse(b))),
+    "CreateEndpoint": _create_endpoint,
+    "DeleteEndpoint": _empty(lambda d, b: d.delete_endpoint(_endpoint_ref(b))),
+    "EndpointOperInfo": lambda d, b: {"Value": d.endpoint_info(_endpoint_ref(b))},
+    "Join": _join,
+    "Leave": _empty(lambda d, b: _endpoint_ref(b)),
+    "ProgramExternalConnectivity": _empty(
+        lambda d, b: d.program_external(protocol.ProgramExternalConnectivity.parse(b))),
+    "RevokeExternalConnectivity": _empty(lambda d, b: d.revoke_external(_endpoint_ref(b))),
+}
+
+# Calls that need no state: swarm-only and discovery calls a local driver acknowledges.
+STATELESS_CALLS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local"},
+    "AllocateNetwork": lambda b: (protocol.NetworkRef.parse(b), {"Options": {}})[1],
+    "FreeNetwork": lambda b: (protocol.NetworkRef.parse(b), {})[1],
+    "DiscoverNew": lambda b: (protocol.Discovery.parse(b), {})[1],
+    "DiscoverDelete": lambda b: (protocol.Discovery.parse(b), {})[1],
+}
+
+
+def create_app(driver: Driver) -> Flask:
+    """The Flask app serving ``driver``."""
+    app = Flask("pynet")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    @app.post("/Plugin.Activate")
+    def activate() -> Response:
+        return _reply({"Implements": ["NetworkDriver"]})
+
+    @app.post("/NetworkDriver.<method>")
+    def network_driver(method: str) -> Response:
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            if method in STATELESS_CALLS:
+                return _reply(STATELESS_CALLS[method](_body()))
+            if method not in DRIVER_CALLS:
+                outcome = "unknown"
+                return _reply({"Err": f"unknown method NetworkDriver.{method}"}, 404)
+            body = _body()
+            with driver.locked():
+                return _reply(DRIVER_CALLS[method](driver, body))
+        except PynetError as exc:
+            outcome = f"refused: {exc}"
+            return _reply({"Err": str(exc)})
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            log.info("%s %s %.1fms", method, outcome, (time.monotonic() - started) * 1000)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return _reply({"Err": f"{exc.code} {exc.name}: {exc.description}"}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("internal error")
+        return _reply({"Err": f"pynet internal error: {type(exc).__name__}: {exc}; "
+                              "see the plugin log"}, 500)
+
+    return app

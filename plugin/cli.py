@@ -1,0 +1,171 @@
+"""``pynet serve | status | reconcile [--dry-run] | uninstall``."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from plugin import reconcile
+from plugin.app import create_app
+from plugin.config import Settings, from_env
+from plugin.driver import Driver
+from plugin.errors import PynetError
+from plugin.firewall.iptables import IPTables
+from plugin.firewall.rules import hooks
+from plugin.netlink import Netlink
+from plugin.ports import PortReservations
+from plugin.store import Store
+from plugin.sysctl import Sysctl
+
+log = logging.getLogger("plugin")
+
+
+def build_driver(settings: Settings) -> Driver:
+    """A driver wired to the real kernel and the state directory."""
+    sysctl = Sysctl(settings.sysctl_root)
+    return Driver(settings, Store(settings.state_dir), Netlink(), sysctl, IPTables(),
+                  PortReservations(sysctl))
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stdout: dockerd files a managed plugin's stderr as errors."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
+    """Restore state before the first call is answered, then re-check every interval."""
+    try:
+        with driver.exclusive():
+            done = reconcile.restore(driver)
+        log.info("restored %d network(s); %d repair(s)", len(driver.store.networks()), len(done))
+    except Exception:
+        log.exception("start-up reconcile failed; serving anyway, will retry")
+    driver.ready.set()
+    while not stop.wait(driver.settings.reconcile_interval):
+        try:
+            with driver.locked():
+                reconcile.run(driver)
+        except Exception:
+            log.exception("periodic reconcile failed")
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn, embedded: one worker (state lives in one process), a few threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        config = {
+            "bind": f"unix:{self.settings.socket_path}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": 8,
+            "umask": 0o117,  # socket 0660, root's
+            "timeout": 60,
+            "graceful_timeout": 5,
+            "errorlog": "-",
+            "control_socket_disable": True,  # no listener beyond the plugin socket
+            "loglevel": self.settings.log_level,
+            "logconfig_dict": {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "root": {"level": self.settings.log_level.upper(), "handlers": ["stdout"]},
+                "loggers": {"gunicorn.error": {"handlers": ["stdout"], "propagate": False,
+                                               "level": self.settings.log_level.upper()}},
+                "handlers": {"stdout": {"class": "logging.StreamHandler",
+                                        "stream": "ext://sys.stdout", "formatter": "plain"}},
+                "formatters": {"plain": {
+                    "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            },
+        }
+        for key, value in config.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        driver = build_driver(self.settings)
+        threading.Thread(target=keep_reconciling, args=(driver, threading.Event()),
+                         name="reconcile", daemon=True).start()
+        return create_app(driver)
+
+
+def _serve(settings: Settings, _args: argparse.Namespace) -> int:
+    os.makedirs(settings.socket_dir, exist_ok=True)
+    Server(settings).run()
+    return 0
+
+
+def _status(settings: Settings, _args: argparse.Namespace) -> int:
+    store = Store(settings.state_dir)
+    out = []
+    for n in store.networks():
+        endpoints = store.endpoints(n.id)
+        out.append({"network": n.id, "bridge": n.bridge, "state": n.state,
+                    "endpoints": [{"id": e.id, "address": e.address, "veth": e.host_veth,
+                                   "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
+                                             for p in e.ports]} for e in endpoints]})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    driver = build_driver(settings)
+    actions = reconcile.run(driver, dry_run=args.dry_run)
+    for description in actions:
+        print(("would " if args.dry_run else "did: ") + description)
+    if not actions:
+        print("kernel matches pynet's records; nothing to do")
+    return 0
+
+
+def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
+    store = Store(settings.state_dir)
+    if store.networks():
+        print(f"pynet still has {len(store.networks())} network(s); remove them with "
+              "'docker network rm' first", file=sys.stderr)
+        return 1
+    driver = build_driver(settings)
+    removed = driver.iptables.remove_all(driver.chains, hooks(driver.chains, True))
+    print("removed pynet's iptables chains and jumps" if removed else "nothing to remove")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pynet`` command."""
+    parser = argparse.ArgumentParser(prog="pynet", description=__doc__)
+    parser.add_argument("--name", help="driver name and socket file name (default pynet)")
+    parser.add_argument("--state-dir", help="where records live (default /var/lib/pynet)")
+    parser.add_argument("--socket-dir", help="where the socket goes (/run/docker/plugins)")
+    parser.add_argument("--sysctl-root", help="writable /proc/sys tree")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the driver in the foreground")
+    sub.add_parser("status", help="print the networks and endpoints pynet has")
+    rec = sub.add_parser("reconcile", help="repair the kernel from the records")
+    rec.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    sub.add_parser("uninstall", help="remove pynet's iptables chains and jumps")
+    args = parser.parse_args(argv)
+    try:
+        settings = from_env(name=args.name, state_dir=args.state_dir, socket_dir=args.socket_dir,
+                            sysctl_root=args.sysctl_root, log_level=args.log_level)
+        setup_logging(settings.log_level)
+        handler = {"serve": _serve, "status": _status, "reconcile": _reconcile,
+                   "uninstall": _uninstall}[args.command]
+        return handler(settings, args)
+    except PynetError as exc:
+        print(f"pynet: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The decisions: what a network or endpoint needs, in which order, and how to undo it.
+
+Every mutating call follows one pattern: validate (protocol.py did most of it), write the record
+in state ``creating``/``deleting``, run idempotent kernel steps, then mark it ``ready`` or forget
+it. A failure rolls the kernel back before the error reaches dockerd, so a refused request
+leaves nothing behind; a crash leaves a record that tells reconcile.py what to finish.
+"""
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from plugin import protocol
+from plugin.config import Settings
+from plugin.errors import Busy, InvalidRequest, NotFound
+from plugin.firewall.iptables import Dump, IPTables
+from plugin.firewall.rules import (
+    DOCKER_ISOLATION_1,
+    DOCKER_ISOLATION_2,
+    Chains,
+    NetworkSpec,
+    PortSpec,
+    RuleSet,
+    render,
+)
+from plugin.netlink import Netlink, mac_from_ipv4
+from plugin.ports import ANY, PortReservations
+from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
+from plugin.sysctl import Sysctl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What Join tells dockerd: which interface to move in, and the container's gateways."""
+
+    src_name: str
+    dst_prefix: str
+    gateway: str | None
+    gateway_v6: str | None
+
+
+def parse_network(record: NetworkRecord) -> protocol.CreateNetwork:
+    """The stored CreateNetwork request, parsed again (records keep the request verbatim)."""
+    return protocol.CreateNetwork.parse(record.request)
+
+
+class Driver:
+    """Networks and endpoints of one pynet instance."""
+
+    def __init__(self, settings: Settings, store: Store, netlink: Netlink, sysctl: Sysctl,
+                 iptables: IPTables, ports: PortReservations) -> None:
+        self.settings = settings
+        self.store = store
+        self.netlink = netlink
+        self.sysctl = sysctl
+        self.iptables = iptables
+        self.ports = ports
+        self.chains = Chains(settings.chain_prefix)
+        self.ready = threading.Event()
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """For calls: wait until state is restored, then hold the lock."""
+        deadline = self.settings.call_deadline
+        if not self.ready.wait(deadline):
+            raise Busy(f"pynet is still restoring its networks after {deadline:.0f}s; retry")
+        with self.exclusive():
+            yield
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Serialise state and kernel work; give up with a clear error instead of hanging."""
+        deadline = self.settings.call_deadline
+        if not self._lock.acquire(timeout=deadline):
+            raise Busy(f"pynet is busy: another call held it for over {deadline:.0f}s; retry")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # -- names ---------------------------------------------------------------------------
+
+    def alias(self, object_id: str) -> str:
+        """The alias that marks a link as this instance's."""
+        return f"{self.settings.alias_prefix}{object_id}"
+
+    @staticmethod
+    def veth_names(endpoint_id: str) -> tuple[str, str]:
+        """Host and container ends, derived from the id so retries find what they made."""
+        return f"pnh{endpoint_id[:12]}", f"pnc{endpoint_id[:12]}"
+
+    # -- networks ------------------------------------------------------------------------
+
+    def create_network(self, req: protocol.CreateNetwork) -> None:
+        """Build the bridge, its addresses and its rules, or nothing at all."""
+        bridge = req.options.bridge_name or f"pn-{req.network_id[:12]}"
+        record = self.store.network(req.network_id)
+        if record is not None and record.state == READY:
+            return  # dockerd retried a call that succeeded
+        if record is None:
+            link = self.netlink.get(bridge)
+            if link is not None and link.kind != "bridge":
+                raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
+                                     ", not a bridge; choose another "
+                                     "com.docker.network.bridge.name")
+            mine = link is not None and link.alias.startswith(self.settings.alias_prefix)
+            record = NetworkRecord(id=req.network_id, bridge=bridge, request=req.body,
+                                   preexisting=link is not None and not mine)
+            self.store.put_network(record)  # refuses a bridge another network holds
+        try:
+            self.build_network(record, req)
+            self.sync_firewall()
+        except Exception:
+            self.teardown_network(record)
+            raise
+        record.state = READY
+        self.store.put_network(record)
+
+    def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
+        br = record.bridge
+        self.netlink.ensure_bridge(br, alias=None if record.preexisting else self.alias(record.id))
+        if not record.preexisting:
+            self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
+        if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
+            self.netlink.ensure_address(br, req.ipv4.gateway)
+        if req.ipv6 is not None and req.ipv6.gateway is not None:
+            self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "0")
+            self.netlink.ensure_address(br, req.ipv6.gateway)
+            self.sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
+        if not req.options.internal:
+            # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
+            self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
+        # Bridged traffic must pass iptables for icc=false and for same-network published
+        # ports (the reply is un-DNATed on the bridge); Docker needs the same.
+        self.sysctl.ensure("net/bridge/bridge-nf-call-iptables", "1")
+
+    def delete_network(self, ref: protocol.NetworkRef) -> None:
+        """Remove the network's endpoints, rules and bridge; unknown ids are fine."""
+        record = self.store.network(ref.network_id)
+        if record is None:
+            return
+        for endpoint in self.store.endpoints(record.id):
+            self.teardown_endpoint(endpoint)
+        record.state = DELETING
+        self.store.put_network(record)
+        self.teardown_network(record)
+
+    def teardown_network(self, record: NetworkRecord) -> None:
+        """Undo a network whatever state it reached; the record goes last."""
+        if record.state != DELETING:
+            record.state = DELETING
+            self.store.put_network(record)
+        self.sync_firewall()
+        if not record.preexisting:  # a user's bridge stays, with its address, as Docker does
+            self.netlink.delete(record.bridge)
+        self.store.delete_network(record.id)
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    def _ready_network(self, network_id: str) -> tuple[NetworkRecord, protocol.CreateNetwork]:
+        record = self.store.network(network_id)
+        if record is None or record.state != READY:
+            raise NotFound(f"network {network_id[:12]} is not known to pynet (was it created "
+                           "with another driver, or removed?); recreate the network")
+        return record, parse_network(record)
+
+    def create_endpoint(self, req: protocol.CreateEndpoint) -> str | None:
+        """Create the veth pair; return the MAC to report, or None if the user chose one."""
+        network, net = self._ready_network(req.network_id)
+        if req.address is None:
+            raise InvalidRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address; pynet "
+                                 "networks need one")
+        if req.address.ip not in net.ipv4.pool:
+            raise InvalidRequest(f"address {req.address} is outside the network's subnet "
+                                 f"{net.ipv4.pool}")
+        record = self.store.endpoint(req.endpoint_id)
+        if record is None:
+            host, peer = self.veth_names(req.endpoint_id)
+            record = EndpointRecord(
+                id=req.endpoint_id, network_id=req.network_id, address=str(req.address),
+                address_v6=str(req.address_v6) if req.address_v6 else None,
+                mac=req.mac or mac_from_ipv4(req.address.ip), mac_given=req.mac is not None,
+                host_veth=host, peer_veth=peer, created=time.time())
+            self.store.put_endpoint(record)
+        try:
+            self.build_endpoint(record, network, net)
+        except Exception:
+            self.teardown_endpoint(record)
+            raise
+        if record.state != READY:
+            record.state = READY
+            self.store.put_endpoint(record)
+        return None if record.mac_given else record.mac
+
+    def build_endpoint(self, record: EndpointRecord, network: NetworkRecord,
+                        net: protocol.CreateNetwork) -> None:
+        self.netlink.ensure_veth(record.host_veth, record.peer_veth, network.bridge,
+                                 net.options.mtu, record.mac, self.alias(record.id))
+        if not net.options.internal:
+            # A container reaching its own published port via the host address is DNATed
+            # back out of the port it came in on.
+            self.netlink.ensure_hairpin(record.host_veth)
+
+    def join(self, req: protocol.Join) -> Joined:
+        """Hand the container end to dockerd with the network's gateways."""
+        network, net = self._ready_network(req.network_id)
+        record = self.store.endpoint(req.endpoint_id)
+        if record is None or record.state != READY:
+            raise NotFound(f"endpoint {req.endpoint_id[:12]} is not known to pynet; "
+                           "restart the container")
+        self.build_endpoint(record, network, net)  # cheap check, repairs after a restart
+        aux = net.ipv4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
+        gateway = aux.ip if aux is not None else (net.ipv4.gateway.ip if net.ipv4.gateway
+                                                  else None)
+        gateway_v6 = net.ipv6.gateway.ip if net.ipv6 and net.ipv6.gateway else None
+        return Joined(record.peer_veth, net.options.iface_prefix,
+                      str(gateway) if gateway else None,
+                      str(gateway_v6) if gateway_v6 else None)
+
+    def delete_endpoint(self, ref: protocol.EndpointRef) -> None:
+        """Remove the veth pair and any ports still published; unknown ids are fine."""
+        record = self.store.endpoint(ref.endpoint_id)
+        if record is not None:
+            self.teardown_endpoint(record)
+
+    def teardown_endpoint(self, record: EndpointRecord) -> None:
+        if record.state != DELETING:
+            record.state = DELETING
+            self.store.put_endpoint(record)
+        if record.ports:
+            self._release_ports(record)
+            self.store.put_endpoint(record)
+            self.sync_firewall()
+        self.netlink.delete(record.host_veth)
+        self.netlink.delete(record.peer_veth)  # back in the host after the container stopped
+        self.store.delete_endpoint(record.id)
+
+    def endpoint_info(self, ref: protocol.EndpointRef) -> dict[str, str]:
+        """Operational data for ``docker network inspect`` debugging (dockerd shows none)."""
+        record = self.store.endpoint(ref.endpoint_id)
+        if record is None:
+            return {}
+        network = self.store.network(record.network_id)
+        return {
+            "bridge": network.bridge if network else "",
+            "host_veth": record.host_veth,
+            "mac": record.mac,
+            "ports": " ".join(f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
+                              for p in record.ports),
+        }
+
+    # -- published ports -------------------------------------------------------------------
+
+    def program_external(self, req: protocol.ProgramExternalConnectivity) -> None:
+        """Publish the container's ports on this (its gateway) endpoint."""
+        network, net = self._ready_network(req.network_id)
+        record = self.store.endpoint(req.endpoint_id)
+        if record is None or record.state != READY:
+            raise NotFound(f"endpoint {req.endpoint_id[:12]} is not known to pynet; "
+                           "restart the container")
+        if net.options.internal:
+            return  # like the built-in driver: -p on an internal network is ignored
+        if record.ports:
+            self._release_ports(record)  # a retried call: start from nothing
+        try:
+            for binding in req.bindings:
+                host_ip = binding.host_ip or net.options.host_binding_ipv4
+                if host_ip.version != 4:
+                    log.warning("not publishing %s/%s on %s: pynet publishes IPv4 only",
+                                binding.port, binding.proto, host_ip)
+                    continue
+                port = self.ports.reserve(binding.proto, host_ip, binding.host_port,
+                                          binding.host_port_end)
+                record.ports.append(PortRecord(binding.proto, binding.port, str(host_ip), port))
+            self.store.put_endpoint(record)
+            self.sync_firewall()
+        except Exception:
+            self._release_ports(record)
+            self.store.put_endpoint(record)
+            self.sync_firewall()
+            raise
+
+    def revoke_external(self, ref: protocol.EndpointRef) -> None:
+        """Unpublish exactly what was programmed; unknown endpoints are fine."""
+        record = self.store.endpoint(ref.endpoint_id)
+        if record is None or not record.ports:
+            return
+        self._release_ports(record)
+        self.store.put_endpoint(record)
+        self.sync_firewall()
+        self.netlink.flush_conntrack(ipaddress.ip_interface(record.address).ip)
+
+    def _release_ports(self, record: EndpointRecord) -> None:
+        for p in record.ports:
+            self.ports.release(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)
+        record.ports = []
+
+    # -- firewall ------------------------------------------------------------------------
+
+    def rules(self, current: Dump) -> RuleSet:
+        """The rule set the records call for, given what exists in ``current``."""
+        networks = [n for n in self.store.networks() if n.state != DELETING]
+        specs: list[NetworkSpec] = []
+        ports: list[PortSpec] = []
+        for network in reversed(networks):  # newest first, as the bridge driver stacks them
+            net = parse_network(network)
+            specs.append(NetworkSpec(network.bridge, net.ipv4.pool, net.options.internal,
+                                     net.options.enable_icc, net.options.enable_ip_masquerade))
+            for endpoint in self.store.endpoints(network.id):
+                ip = ipaddress.ip_interface(endpoint.address).ip
+                for p in endpoint.ports:
+                    host_ip = ipaddress.IPv4Address(p.host_ip)
+                    ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
+                                          None if host_ip == ANY else host_ip, p.host_port,
+                                          net.options.enable_icc))
+        docker = all(current.chain("filter", c) is not None
+                     for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
+        return render(self.chains, specs, ports, docker)
+
+    def sync_firewall(self) -> bool:
+        """Make pynet's chains match the records; True if anything changed."""
+        return self.iptables.apply(self.rules)

@@ -1,0 +1,181 @@
+"""Applying a RuleSet: one ``iptables-save`` to read, one ``iptables-restore --noflush`` to write.
+
+Only chains whose content differs from the rendered set, and hooks that are missing, duplicated
+or out of place, go into the batch; an unchanged kernel costs one read and no write. That makes
+the same call serve every change, the periodic re-assertion after dockerd reshuffles its chains,
+and reconciliation at start.
+
+The backend (nft or legacy) is the host's: pynet drives ``iptables-<backend>-*`` so its rules sit
+beside dockerd's. Detection never runs ``iptables-legacy`` on an nft host, which would create
+legacy tables that stay until reboot (reference P9).
+"""
+
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plugin.errors import KernelError
+from plugin.firewall.rules import Chains, Hook, RuleSet
+
+log = logging.getLogger(__name__)
+
+TABLES = ("filter", "nat")
+TIMEOUT = 5.0  # seconds; a wedged xtables lock must not hang docker run
+
+
+@dataclass
+class Dump:
+    """Parsed ``iptables-save`` output: rules per chain per table (without ``-A CHAIN``)."""
+
+    tables: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def chain(self, table: str, chain: str) -> list[str] | None:
+        """The rules of ``chain``, or None if the chain does not exist."""
+        return self.tables.get(table, {}).get(chain)
+
+
+def parse_save(text: str) -> Dump:
+    """Parse iptables-save output."""
+    dump = Dump()
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = dump.tables.setdefault(line[1:].strip(), {})
+        elif line.startswith(":"):
+            table.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            _, chain, rest = line.split(" ", 2)
+            table.setdefault(chain, []).append(rest)
+    return dump
+
+
+def detect_backend() -> str:
+    """'nft' or 'legacy': the backend whose tables hold the host's (dockerd's) rules."""
+    forced = os.environ.get("PYNET_IPTABLES_BACKEND", "")
+    if forced in ("nft", "legacy"):
+        return forced
+    names = Path("/proc/net/ip_tables_names")
+    legacy_loaded = names.exists() and names.read_text().split()
+    if not legacy_loaded:
+        return "nft"
+    # Legacy tables exist, but an nft host gets them too once anything ran iptables-legacy.
+    # Reading the nft side is harmless; whichever holds rules is the host's backend.
+    nft = subprocess.run(["iptables-nft-save"], capture_output=True, text=True, timeout=TIMEOUT)
+    return "nft" if "\n-A " in nft.stdout else "legacy"
+
+
+def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
+    """restore-format lines that leave exactly one ``hook`` at its place in ``rules``."""
+    where = [i for i, r in enumerate(rules) if r == hook.rule]
+    others = [r for r in rules if r != hook.rule]
+    if hook.after:
+        leading = {f"-j {name}" for name in hook.after}
+        target = 0
+        while target < len(others) and others[target] in leading:
+            target += 1
+        if where == [target]:
+            return []
+    else:
+        returns = [i for i, r in enumerate(rules) if r == "-j RETURN"]
+        if len(where) == 1 and (not returns or where[0] < returns[0]):
+            return []
+        target = 0
+    fix = [f"-D {hook.chain} {hook.rule}"] * len(where)
+    return fix + [f"-I {hook.chain} {target + 1} {hook.rule}"]
+
+
+def build_batch(rules: RuleSet, current: Dump) -> str | None:
+    """The restore input that turns ``current`` into ``rules``; None if nothing differs."""
+    out: list[str] = []
+    for table in TABLES:
+        lines: list[str] = []
+        changed = {chain: wanted for chain, wanted in rules.chains.get(table, {}).items()
+                   if current.chain(table, chain) != wanted}
+        # Declare first (with --noflush: create, or flush), so a rule may jump to any of them.
+        lines += [f":{chain} - [0:0]" for chain in changed]
+        lines += [f"-A {chain} {r}" for chain, wanted in changed.items() for r in wanted]
+        for hook in rules.hooks:
+            if hook.table != table:
+                continue
+            existing = current.chain(table, hook.chain)
+            if existing is not None:
+                lines += hook_fix(hook, existing)
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(out) + "\n" if out else None
+
+
+def teardown_batch(chains: Chains, hooks: list[Hook], current: Dump) -> str | None:
+    """The restore input that removes pynet's hooks and chains; None if none are left."""
+    out: list[str] = []
+    for table, owned in chains.owned().items():
+        lines: list[str] = []
+        for hook in hooks:
+            if hook.table == table:
+                existing = current.chain(table, hook.chain) or []
+                lines += [f"-D {hook.chain} {hook.rule}"] * existing.count(hook.rule)
+        present = [c for c in owned if current.chain(table, c) is not None]
+        lines += [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(out) + "\n" if out else None
+
+
+class IPTables:
+    """The host's iptables, driven through save/restore of its backend."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = backend or detect_backend()
+
+    def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
+        argv = [f"iptables-{self.backend}-{tool}", *args]
+        try:
+            done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                                  timeout=TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise KernelError(f"{' '.join(argv)} failed: {exc}") from exc
+        if done.returncode != 0:
+            detail = done.stderr.strip().replace("\n", "; ")
+            raise KernelError(f"{' '.join(argv)} exited {done.returncode}: {detail}")
+        return done.stdout
+
+    def save(self) -> Dump:
+        """The current rules of the tables pynet uses."""
+        return parse_save(self._run("save", []))
+
+    def restore(self, batch: str) -> None:
+        """Apply ``batch`` atomically per table, leaving everything else in place."""
+        log.debug("iptables-restore batch:\n%s", batch)
+        self._run("restore", ["--noflush", "--wait"], stdin=batch)
+
+    def apply(self, render: Callable[[Dump], RuleSet], attempts: int = 3) -> bool:
+        """Make the kernel match ``render(current rules)``; True if anything had to change.
+
+        The rule set depends on what exists (dockerd's chains may or may not be there), hence a
+        function of the dump. dockerd may delete or reorder its chains between our read and our
+        write, which makes the batch fail; reading again and retrying is then correct.
+        """
+        for attempt in range(attempts):
+            current = self.save()
+            batch = build_batch(render(current), current)
+            if batch is None:
+                return False
+            try:
+                self.restore(batch)
+                return True
+            except KernelError:
+                if attempt == attempts - 1:
+                    raise
+                log.info("iptables batch raced with another writer; retrying")
+        return True
+
+    def remove_all(self, chains: Chains, hooks: list[Hook]) -> bool:
+        """Remove pynet's hooks and chains (uninstall); True if anything was there."""
+        batch = teardown_batch(chains, hooks, self.save())
+        if batch is None:
+            return False
+        self.restore(batch)
+        return True

@@ -1,0 +1,221 @@
+"""Bridges, veth pairs and addresses through netlink (pyroute2), as idempotent ensure steps.
+
+Each function makes the kernel match one fact and treats "already there" (EEXIST) and "already
+gone" (ENODEV) as success, so a retried call from dockerd and the reconciler can run them again
+safely. Links pynet creates carry an alias ``pynet:<instance>:<id>`` that marks them as pynet's
+own, so clean-up never touches a bridge the user made or another instance's links.
+"""
+
+import errno
+import ipaddress
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import Conntrack, IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from plugin.errors import Conflict, KernelError
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class Link:
+    """What pynet needs to know about an existing link."""
+
+    index: int
+    name: str
+    kind: str
+    mtu: int
+    alias: str
+    master: int
+    up: bool
+
+
+def random_local_mac() -> str:
+    """A locally administered MAC with Docker's 02:42 prefix, as the bridge driver gives bridges."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
+
+
+def mac_from_ipv4(address: ipaddress.IPv4Address) -> str:
+    """Docker 20.10's endpoint MAC: 02:42 followed by the four address bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+class Netlink:
+    """One rtnetlink socket; calls are serialised because a pyroute2 socket is not thread-safe."""
+
+    def __init__(self) -> None:
+        self._ipr = IPRoute()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the netlink socket."""
+        self._ipr.close()
+
+    def _call(self, what: str, method: str, *args: object, tolerate: tuple[int, ...] = (),
+              **kwargs: object) -> object:
+        with self._lock:
+            try:
+                return getattr(self._ipr, method)(*args, **kwargs)
+            except NetlinkError as exc:
+                if exc.code in tolerate:
+                    return None
+                raise KernelError(f"{what}: {errno.errorcode.get(exc.code, exc.code)} "
+                                  f"({exc})") from exc
+
+    def get(self, name: str) -> Link | None:
+        """The link called ``name``, or None."""
+        found = self._call(f"looking up link {name}", "link_lookup", ifname=name)
+        if not found:
+            return None
+        msgs = self._call(f"reading link {name}", "get_links", found[0], tolerate=(errno.ENODEV,))
+        return _link(msgs[0]) if msgs else None
+
+    def links(self) -> Iterator[Link]:
+        """Every link in this namespace."""
+        for msg in self._call("listing links", "get_links"):
+            yield _link(msg)
+
+    def ensure_bridge(self, name: str, alias: str | None) -> bool:
+        """Create bridge ``name`` if missing and bring it up; True if pynet created it now.
+
+        ``alias`` None means the bridge is the user's: it is used as it is, never marked."""
+        existing = self.get(name)
+        created = False
+        if existing is None:
+            self._call(f"creating bridge {name}", "link", "add", ifname=name, kind="bridge",
+                       address=random_local_mac(), tolerate=(errno.EEXIST,))
+            existing = self.get(name)
+            created = True
+            if existing is None:
+                raise KernelError(f"bridge {name} vanished right after it was created")
+        if existing.kind != "bridge":
+            raise Conflict(f"interface {name} exists and is a {existing.kind or 'device'}, not a "
+                           "bridge; choose another com.docker.network.bridge.name")
+        if alias is not None and existing.alias != alias:
+            self.set_alias(existing.index, alias)
+        if not existing.up:
+            self._call(f"bringing up bridge {name}", "link", "set", index=existing.index,
+                       state="up")
+        return created
+
+    def set_alias(self, index: int, alias: str) -> None:
+        """Mark a link as pynet's own."""
+        self._call(f"setting alias on link {index}", "link", "set", index=index, ifalias=alias)
+
+    def ensure_address(self, name: str, address: Interface) -> None:
+        """Put ``address`` on link ``name`` if it is not there."""
+        link = self._require(name)
+        self._call(f"adding {address} to {name}", "addr", "add", index=link.index,
+                   address=str(address.ip), prefixlen=address.network.prefixlen,
+                   tolerate=(errno.EEXIST,))
+
+    def remove_address(self, name: str, address: Interface) -> None:
+        """Take ``address`` off link ``name``; a missing link or address is fine."""
+        link = self.get(name)
+        if link is None:
+            return
+        self._call(f"removing {address} from {name}", "addr", "del", index=link.index,
+                   address=str(address.ip), prefixlen=address.network.prefixlen,
+                   tolerate=(errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH))
+
+    def addresses(self, name: str) -> set[Interface]:
+        """The addresses on link ``name`` (empty if it does not exist)."""
+        link = self.get(name)
+        if link is None:
+            return set()
+        msgs = self._call(f"reading addresses of {name}", "get_addr", index=link.index)
+        return {ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+                for m in msgs}
+
+    def ensure_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str,
+                    alias: str) -> None:
+        """A veth pair: ``host`` enslaved to ``bridge`` and up, ``peer`` left for dockerd to move
+        into the container with ``mac``; both ends get ``mtu`` when it is non-zero."""
+        bridge_link = self._require(bridge)
+        existing = self.get(host)
+        if existing is not None and existing.kind != "veth":
+            raise Conflict(f"interface {host} exists and is not a veth; remove it")
+        if existing is None:
+            peer_spec: dict[str, object] = {"ifname": peer, "address": mac}
+            extra: dict[str, object] = {}
+            if mtu:
+                peer_spec["mtu"] = mtu
+                extra["mtu"] = mtu
+            self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
+                       kind="veth", peer=peer_spec, txqlen=0, tolerate=(errno.EEXIST,), **extra)
+            existing = self._require(host)
+        settings: dict[str, object] = {}
+        if existing.alias != alias:
+            settings["ifalias"] = alias
+        if existing.master != bridge_link.index:
+            settings["master"] = bridge_link.index
+        if mtu and existing.mtu != mtu:
+            settings["mtu"] = mtu
+        if settings:
+            self._call(f"configuring veth {host}", "link", "set", index=existing.index,
+                       **settings)
+        if not existing.up:
+            self._call(f"bringing up veth {host}", "link", "set", index=existing.index,
+                       state="up")
+
+    def ensure_hairpin(self, name: str) -> None:
+        """Let frames leave the bridge port they came in on (published-port hairpin)."""
+        link = self._require(name)
+        self._call(f"setting hairpin on {name}", "brport", "set", index=link.index, mode=1)
+
+    def flush_conntrack(self, address: ipaddress.IPv4Address) -> int:
+        """Forget tracked connections to or from ``address`` so a later container that gets
+        the same address does not inherit their NAT state; returns how many were dropped."""
+        dropped = 0
+        with self._lock, Conntrack() as ct:
+            for entry in list(ct.dump_entries()):
+                if address in (_ip(entry.tuple_orig.saddr), _ip(entry.tuple_orig.daddr),
+                               _ip(entry.tuple_reply.saddr), _ip(entry.tuple_reply.daddr)):
+                    try:
+                        ct.delete(entry)
+                        dropped += 1
+                    except NetlinkError as exc:
+                        if exc.code != errno.ENOENT:
+                            raise KernelError(f"deleting conntrack entry of {address}: "
+                                              f"{exc}") from exc
+        return dropped
+
+    def delete(self, name: str) -> bool:
+        """Delete link ``name`` (a veth takes its peer with it); True if it existed."""
+        link = self.get(name)
+        if link is None:
+            return False
+        self._call(f"deleting link {name}", "link", "del", index=link.index,
+                   tolerate=(errno.ENODEV,))
+        return True
+
+    def _require(self, name: str) -> Link:
+        link = self.get(name)
+        if link is None:
+            raise KernelError(f"link {name} does not exist")
+        return link
+
+
+def _link(msg: object) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+    return Link(
+        index=msg["index"],  # type: ignore[index]
+        name=msg.get_attr("IFLA_IFNAME"),  # type: ignore[attr-defined]
+        kind=kind or "",
+        mtu=msg.get_attr("IFLA_MTU") or 0,  # type: ignore[attr-defined]
+        alias=msg.get_attr("IFLA_IFALIAS") or "",  # type: ignore[attr-defined]
+        master=msg.get_attr("IFLA_MASTER") or 0,  # type: ignore[attr-defined]
+        up=bool(msg["flags"] & 1),  # type: ignore[index]
+    )
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None

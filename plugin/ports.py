@@ -1,0 +1,122 @@
+"""Host ports for published container ports: allocation, conflict checks, reservation.
+
+Docker does none of this for a remote driver. pynet publishes ports in the kernel (DNAT) rather
+than through proxy processes, and holds a bound socket per binding so that neither another
+container nor a host program can take the same address and port while it is published.
+"""
+
+import errno
+import ipaddress
+import socket
+import threading
+from dataclasses import dataclass
+
+from plugin.errors import Conflict
+from plugin.sysctl import Sysctl
+
+ANY = ipaddress.IPv4Address("0.0.0.0")
+_SOCKET_TYPES = {
+    "tcp": (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    "sctp": (socket.SOCK_STREAM, socket.IPPROTO_SCTP),
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One reserved host address and port."""
+
+    proto: str
+    host_ip: ipaddress.IPv4Address
+    port: int
+
+    def overlaps(self, other: "Key") -> bool:
+        """Two bindings collide on the same port unless both name different specific IPs."""
+        return (self.proto == other.proto and self.port == other.port
+                and (self.host_ip == other.host_ip or ANY in (self.host_ip, other.host_ip)))
+
+
+class PortReservations:
+    """The host ports pynet holds, each backed by a bound socket."""
+
+    def __init__(self, sysctl: Sysctl) -> None:
+        self._sysctl = sysctl
+        self._held: dict[Key, socket.socket | None] = {}
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, proto: str, host_ip: ipaddress.IPv4Address, start: int, end: int) -> int:
+        """Reserve a port in ``start..end`` (0: an ephemeral one) and return it."""
+        with self._lock:
+            for port in self._candidates(proto, start, end):
+                key = Key(proto, host_ip, port)
+                if any(key.overlaps(k) for k in self._held):
+                    continue
+                try:
+                    self._held[key] = _bind(key)
+                except OSError as exc:
+                    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                        continue
+                    raise Conflict(f"cannot reserve {proto} {host_ip}:{port}: {exc.strerror}; "
+                                   "give a host address this machine has") from exc
+                if not start:
+                    self._last[proto] = port
+                return port
+        if start:
+            span = f"{start}" if start == end else f"{start}-{end}"
+            raise Conflict(f"host port {span}/{proto} on {host_ip} is already in use (by another "
+                           "container or a host program); publish on a different host port")
+        raise Conflict(f"no free ephemeral {proto} port on {host_ip}; free some ports")
+
+    def hold(self, proto: str, host_ip: ipaddress.IPv4Address, port: int) -> None:
+        """Re-take a reservation recorded before a restart; tolerate losing the socket race."""
+        key = Key(proto, host_ip, port)
+        with self._lock:
+            if key in self._held:
+                return
+            try:
+                self._held[key] = _bind(key)
+            except OSError:
+                self._held[key] = None  # the DNAT rule still wins; keep the table consistent
+
+    def release(self, proto: str, host_ip: ipaddress.IPv4Address, port: int) -> None:
+        """Give a reservation back; unknown ones are fine."""
+        with self._lock:
+            sock = self._held.pop(Key(proto, host_ip, port), None)
+        if sock is not None:
+            sock.close()
+
+    def held(self) -> set[Key]:
+        """What is reserved now."""
+        with self._lock:
+            return set(self._held)
+
+    def _candidates(self, proto: str, start: int, end: int) -> list[int]:
+        if start:
+            return list(range(start, end + 1))
+        low, high = 32768, 60999
+        text = self._sysctl.read("net/ipv4/ip_local_port_range")
+        if text:
+            low, high = (int(x) for x in text.split())
+        first = self._last.get(proto, high) + 1
+        if not low <= first <= high:
+            first = low
+        return list(range(first, high + 1)) + list(range(low, first))
+
+
+def _bind(key: Key) -> socket.socket | None:
+    kind, number = _SOCKET_TYPES[key.proto]
+    try:
+        sock = socket.socket(socket.AF_INET, kind, number)
+    except OSError as exc:
+        if exc.errno in (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT):
+            return None  # no sctp module: nothing can listen there either
+        raise
+    try:
+        sock.bind((str(key.host_ip), key.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1)  # a bound-only socket would not stop a SO_REUSEADDR listener
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,288 @@
+"""The remote-driver JSON shapes: one validated type per request, built before any work starts.
+
+This is the only module that knows field names of the libnetwork remote protocol. Everything it
+returns is checked: ids are hex, addresses parse, ports are in range. Validation happens here so a
+refused request cannot leave anything half-built behind.
+"""
+
+import base64
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin.errors import InvalidRequest
+from plugin.options import NetworkOptions, parse_network_options
+
+_ID = re.compile(r"[0-9a-f]{64}")
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+
+PORTMAP = "com.docker.network.portmap"
+EXPOSED_PORTS = "com.docker.network.endpoint.exposedports"
+MAC_OPTION = "com.docker.network.endpoint.macaddress"
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    """Fetch ``body[name]`` and check its JSON type; missing fields take ``default`` if given."""
+    if name not in body or body[name] is None:
+        if default is ...:
+            raise InvalidRequest(f"request is missing the field {name}")
+        return default
+    value = body[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidRequest(f"field {name} must be a {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _object(body: Any, what: str = "request body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{what} must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _id(body: dict[str, Any], name: str) -> str:
+    value = _field(body, name, str)
+    if not _ID.fullmatch(value):
+        raise InvalidRequest(f"{name} {value!r:.80} is not a 64-character lowercase hex id")
+    return value
+
+
+def _interface(value: str, name: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} {value!r:.80} is not an address in CIDR form") from None
+
+
+@dataclass(frozen=True)
+class IPAMData:
+    """One IPAM pool as dockerd sends it; the gateway keeps the pool's prefix length."""
+
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
+    aux_addresses: dict[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+
+
+def _ipam(entry: Any, version: int) -> IPAMData:
+    entry = _object(entry, "an IPAM data entry")
+    pool_text = _field(entry, "Pool", str)
+    try:
+        pool = ipaddress.ip_network(pool_text)
+    except ValueError:
+        raise InvalidRequest(f"Pool {pool_text!r:.80} is not a network in CIDR form") from None
+    if pool.version != version:
+        raise InvalidRequest(f"Pool {pool_text!r} is not an IPv{version} network")
+    gateway_text = _field(entry, "Gateway", str, "")
+    gateway = _interface(gateway_text, "Gateway") if gateway_text else None
+    if gateway is not None and gateway.ip not in pool:
+        raise InvalidRequest(f"Gateway {gateway_text!r} is outside the pool {pool_text}")
+    aux = {}
+    for key, text in _field(entry, "AuxAddresses", dict, {}).items():
+        if not isinstance(text, str):
+            raise InvalidRequest(f"aux address {key!r:.80} must be a string, got {text!r:.80}")
+        aux[key] = _interface(text, f"aux address {key!r:.80}")
+    return IPAMData(pool=pool, gateway=gateway, aux_addresses=aux)
+
+
+@dataclass(frozen=True)
+class CreateNetwork:
+    """``/NetworkDriver.CreateNetwork``."""
+
+    network_id: str
+    options: NetworkOptions
+    ipv4: IPAMData
+    ipv6: IPAMData | None
+    body: dict[str, Any]  # verbatim, so the store can keep the request and parse it again
+
+    @classmethod
+    def parse(cls, body: Any) -> "CreateNetwork":
+        body = _object(body)
+        network_id = _id(body, "NetworkID")
+        raw_options = _field(body, "Options", dict, {})
+        options = parse_network_options(raw_options)
+        v4 = [_ipam(e, 4) for e in _field(body, "IPv4Data", list, [])]
+        v6 = [_ipam(e, 6) for e in _field(body, "IPv6Data", list, [])]
+        if len(v4) != 1:
+            raise InvalidRequest(
+                f"pynet needs exactly one IPv4 pool, got {len(v4)}: "
+                "bridge driver doesn't support multiple subnets; give one --subnet"
+            )
+        if len(v6) > 1:
+            raise InvalidRequest(
+                f"pynet supports one IPv6 pool, got {len(v6)}: give at most one IPv6 --subnet"
+            )
+        if v4[0].gateway is None and not options.internal:
+            raise InvalidRequest(f"IPv4 pool {v4[0].pool} has no gateway; give --gateway")
+        return cls(network_id, options, v4[0], v6[0] if v6 else None, body)
+
+
+@dataclass(frozen=True)
+class NetworkRef:
+    """Requests that name only a network (DeleteNetwork, FreeNetwork)."""
+
+    network_id: str
+
+    @classmethod
+    def parse(cls, body: Any) -> "NetworkRef":
+        return cls(_id(_object(body), "NetworkID"))
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """Requests that name a network and an endpoint (Leave, DeleteEndpoint, OperInfo, Revoke)."""
+
+    network_id: str
+    endpoint_id: str
+
+    @classmethod
+    def parse(cls, body: Any) -> "EndpointRef":
+        body = _object(body)
+        return cls(_id(body, "NetworkID"), _id(body, "EndpointID"))
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    """One ``-p`` binding; ``host_port`` 0 means "pick an ephemeral port"."""
+
+    proto: str
+    port: int
+    host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    host_port: int
+    host_port_end: int
+
+
+def _port(entry: dict[str, Any], name: str, allow_zero: bool) -> int:
+    value = _field(entry, name, int, 0)
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise InvalidRequest(f"{name} {value} is out of range {low}..65535")
+    return value
+
+
+def _proto(entry: dict[str, Any]) -> str:
+    number = _field(entry, "Proto", int)
+    if number not in PROTOCOLS:
+        raise InvalidRequest(
+            f"protocol number {number} is not supported: use tcp (6), udp (17) or sctp (132)"
+        )
+    return PROTOCOLS[number]
+
+
+def _binding(entry: Any) -> PortBinding:
+    entry = _object(entry, "a port binding")
+    proto = _proto(entry)
+    port = _port(entry, "Port", allow_zero=False)
+    host_ip_text = _field(entry, "HostIP", str, "")
+    try:
+        host_ip = ipaddress.ip_address(host_ip_text) if host_ip_text else None
+    except ValueError:
+        raise InvalidRequest(f"HostIP {host_ip_text!r:.80} is not an IP address") from None
+    start = _port(entry, "HostPort", allow_zero=True)
+    end = _port(entry, "HostPortEnd", allow_zero=True) or start
+    if start and end < start:
+        raise InvalidRequest(f"host port range {start}-{end} ends before it starts")
+    if not start and end:
+        raise InvalidRequest(f"host port range 0-{end} has no start")
+    return PortBinding(proto, port, host_ip, start, end)
+
+
+def _bindings(options: dict[str, Any]) -> tuple[PortBinding, ...]:
+    entries = options.get(PORTMAP) or []
+    if not isinstance(entries, list):
+        raise InvalidRequest(f"{PORTMAP} must be a list, got {type(entries).__name__}")
+    return tuple(_binding(e) for e in entries)
+
+
+def _mac(text: str, where: str) -> str:
+    """Normalise a MAC to lower-case colon form; refuse multicast and malformed ones."""
+    if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", text):
+        raise InvalidRequest(f"{where} {text!r:.80} is not a MAC address like 02:42:0a:00:00:02")
+    if int(text[:2], 16) & 1:
+        raise InvalidRequest(f"{where} {text} is a multicast address; give a unicast MAC")
+    return text.lower()
+
+
+@dataclass(frozen=True)
+class CreateEndpoint:
+    """``/NetworkDriver.CreateEndpoint``; ``mac`` is the user's ``--mac-address`` if given."""
+
+    network_id: str
+    endpoint_id: str
+    address: ipaddress.IPv4Interface | None
+    address_v6: ipaddress.IPv6Interface | None
+    mac: str | None
+
+    @classmethod
+    def parse(cls, body: Any) -> "CreateEndpoint":
+        body = _object(body)
+        network_id, endpoint_id = _id(body, "NetworkID"), _id(body, "EndpointID")
+        iface = _object(_field(body, "Interface", dict, {}), "Interface")
+        options = _object(_field(body, "Options", dict, {}), "Options")
+        addr_text = _field(iface, "Address", str, "")
+        address = _interface(addr_text, "Interface.Address") if addr_text else None
+        if address is not None and address.version != 4:
+            raise InvalidRequest(f"Interface.Address {addr_text!r} is not IPv4")
+        v6_text = _field(iface, "AddressIPv6", str, "")
+        address_v6 = _interface(v6_text, "Interface.AddressIPv6") if v6_text else None
+        if address_v6 is not None and address_v6.version != 6:
+            raise InvalidRequest(f"Interface.AddressIPv6 {v6_text!r} is not IPv6")
+        mac_text = _field(iface, "MacAddress", str, "")
+        mac = _mac(mac_text, "Interface.MacAddress") if mac_text else None
+        if mac is None and options.get(MAC_OPTION):
+            mac = _mac_from_option(options[MAC_OPTION])
+        _bindings(options)  # validated now so a bad binding fails before anything is built
+        return cls(network_id, endpoint_id, address, address_v6, mac)
+
+
+def _mac_from_option(value: Any) -> str:
+    """The endpoint option carries the 6 raw MAC bytes base64-encoded."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{MAC_OPTION} must be a base64 string, got {value!r:.80}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise InvalidRequest(f"{MAC_OPTION} {value!r:.80} is not base64") from None
+    if len(raw) != 6:
+        raise InvalidRequest(f"{MAC_OPTION} {value!r:.80} does not hold 6 bytes")
+    return _mac(":".join(f"{b:02x}" for b in raw), MAC_OPTION)
+
+
+@dataclass(frozen=True)
+class Join:
+    """``/NetworkDriver.Join``; the sandbox does not exist yet, so only ids matter."""
+
+    network_id: str
+    endpoint_id: str
+    sandbox_key: str
+
+    @classmethod
+    def parse(cls, body: Any) -> "Join":
+        body = _object(body)
+        return cls(_id(body, "NetworkID"), _id(body, "EndpointID"),
+                   _field(body, "SandboxKey", str, ""))
+
+
+@dataclass(frozen=True)
+class ProgramExternalConnectivity:
+    """``/NetworkDriver.ProgramExternalConnectivity``: the container's published ports."""
+
+    network_id: str
+    endpoint_id: str
+    bindings: tuple[PortBinding, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def parse(cls, body: Any) -> "ProgramExternalConnectivity":
+        body = _object(body)
+        options = _object(_field(body, "Options", dict, {}), "Options")
+        return cls(_id(body, "NetworkID"), _id(body, "EndpointID"), _bindings(options))
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """``DiscoverNew``/``DiscoverDelete``: swarm node discovery, which a local driver ignores."""
+
+    discovery_type: int
+
+    @classmethod
+    def parse(cls, body: Any) -> "Discovery":
+        return cls(_field(_object(body), "DiscoveryType", int, 0))

@@ -1,0 +1,140 @@
+"""Bring the kernel back in line with the records: at start, periodically, or on demand.
+
+The plan is computed first as a list of described actions, so ``pynet reconcile --dry-run`` can
+print exactly what a real run would do, and the log says what was repaired. Only objects pynet
+owns are touched: links carrying this instance's alias, and this instance's chains.
+"""
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from plugin.driver import Driver, parse_network
+from plugin.firewall.iptables import build_batch
+from plugin.netlink import Link
+from plugin.store import READY, EndpointRecord, NetworkRecord
+
+log = logging.getLogger(__name__)
+
+# An endpoint's container end sits in the host namespace between CreateEndpoint and the moment
+# dockerd moves it into the container; only after this long does it mean "container gone".
+PEER_GRACE_SECONDS = 60.0
+
+
+@dataclass
+class Action:
+    """One repair: what it fixes, and how."""
+
+    description: str
+    run: Callable[[], object]
+
+
+def plan(driver: Driver) -> list[Action]:
+    """Every repair the kernel needs to match the records, in a safe order."""
+    store, netlink = driver.store, driver.netlink
+    links = {link.name: link for link in netlink.links()}
+    actions: list[Action] = []
+    endpoints = store.endpoints()
+    networks = store.networks()
+    for e in endpoints:
+        reason = _dead_endpoint(e, links)
+        if reason:
+            actions.append(Action(f"remove endpoint {e.id[:12]}: {reason}",
+                                  _bind(driver.teardown_endpoint, e)))
+    for n in networks:
+        if n.state != READY:
+            actions.append(Action(f"remove network {n.id[:12]} ({n.bridge}): a call was "
+                                  f"interrupted while {n.state}",
+                                  _bind(driver.teardown_network, n)))
+            continue
+        problem = _network_problem(driver, n, links.get(n.bridge))
+        if problem:
+            actions.append(Action(f"restore network {n.id[:12]}: {problem}",
+                                  _bind(_rebuild_network, driver, n)))
+    live = {e.id for e in endpoints} | {n.id for n in networks}
+    for link in links.values():
+        if not link.alias.startswith(driver.settings.alias_prefix):
+            continue
+        owner = link.alias[len(driver.settings.alias_prefix):]
+        if owner not in live:
+            actions.append(Action(f"delete {link.kind or 'link'} {link.name}: left by "
+                                  f"{owner[:12]}, which pynet no longer has",
+                                  _bind(netlink.delete, link.name)))
+    actions += _firewall_actions(driver)
+    return actions
+
+
+def _dead_endpoint(e: EndpointRecord, links: dict[str, Link]) -> str | None:
+    if e.state != READY:
+        return f"a call was interrupted while {e.state}"
+    if e.host_veth not in links:
+        return f"its veth {e.host_veth} is gone (container stopped or host rebooted)"
+    if e.peer_veth in links and time.time() - e.created > PEER_GRACE_SECONDS:
+        return f"its container end {e.peer_veth} is back on the host (container stopped)"
+    return None
+
+
+def _network_problem(driver: Driver, n: NetworkRecord, link: Link | None) -> str | None:
+    if link is None:
+        return f"bridge {n.bridge} is missing"
+    if not link.up:
+        return f"bridge {n.bridge} is down"
+    req = parse_network(n)
+    if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
+        if req.ipv4.gateway not in driver.netlink.addresses(n.bridge):
+            return f"bridge {n.bridge} lacks its address {req.ipv4.gateway}"
+    for e in driver.store.endpoints(n.id):
+        veth = driver.netlink.get(e.host_veth)
+        if veth is not None and veth.master != link.index:
+            return f"veth {e.host_veth} is not on the bridge"
+        if veth is not None and req.options.mtu and veth.mtu != req.options.mtu:
+            return f"veth {e.host_veth} has MTU {veth.mtu}, not {req.options.mtu}"
+    return None
+
+
+def _rebuild_network(driver: Driver, n: NetworkRecord) -> None:
+    req = parse_network(n)
+    driver.build_network(n, req)
+    for e in driver.store.endpoints(n.id):
+        if driver.netlink.get(e.host_veth) is not None:
+            driver.build_endpoint(e, n, req)
+
+
+def _firewall_actions(driver: Driver) -> list[Action]:
+    current = driver.iptables.save()
+    batch = build_batch(driver.rules(current), current)
+    if batch is None:
+        return []
+    changed = sum(1 for line in batch.splitlines() if line[:1] in (":", "-") and
+                  not line.startswith("-A "))
+    return [Action(f"repair iptables: {changed} chain or hook change(s)",
+                   driver.sync_firewall)]
+
+
+def _bind(func: Callable[..., object], *args: object) -> Callable[[], object]:
+    return lambda: func(*args)
+
+
+def run(driver: Driver, dry_run: bool = False) -> list[str]:
+    """Plan and (unless ``dry_run``) apply; return the descriptions of the actions."""
+    actions = plan(driver)
+    for action in actions:
+        if dry_run:
+            continue
+        try:
+            action.run()
+            log.info("reconcile: %s", action.description)
+        except Exception:
+            log.exception("reconcile: failed to %s", action.description)
+    return [a.description for a in actions]
+
+
+def restore(driver: Driver) -> list[str]:
+    """Start-up: repair everything, then re-take the port reservations of live endpoints."""
+    done = run(driver)
+    for e in driver.store.endpoints():
+        for p in e.ports:
+            driver.ports.hold(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)
+    return done

@@ -1,0 +1,188 @@
+"""Durable records of networks and endpoints (SQLite), written before a call returns.
+
+dockerd never re-sends CreateNetwork or CreateEndpoint after a restart, so these records are the
+only memory pynet has of what it built. A record is written in state ``creating`` *before* any
+kernel work and flipped to ``ready`` after it; a record found in ``creating`` or ``deleting`` at
+start tells the reconciler exactly which half-done call to roll back or finish after a crash.
+"""
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plugin.errors import Conflict
+
+CREATING, READY, DELETING = "creating", "ready", "deleting"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (
+    id TEXT PRIMARY KEY,
+    bridge TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY,
+    network_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class NetworkRecord:
+    """A network: the CreateNetwork request as received, plus what pynet decided for it."""
+
+    id: str
+    bridge: str
+    request: dict[str, Any]
+    preexisting: bool
+    state: str = CREATING
+
+
+@dataclass
+class PortRecord:
+    """One programmed host binding: container ``port`` reachable at ``host_ip:host_port``."""
+
+    proto: str
+    port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass
+class EndpointRecord:
+    """An endpoint and the kernel objects and ports that belong to it."""
+
+    id: str
+    network_id: str
+    address: str | None
+    address_v6: str | None
+    mac: str
+    mac_given: bool
+    host_veth: str
+    peer_veth: str
+    created: float = 0.0
+    ports: list[PortRecord] = field(default_factory=list)
+    state: str = CREATING
+
+
+class Store:
+    """SQLite-backed records; one connection shared under a lock (calls are short)."""
+
+    def __init__(self, state_dir: str) -> None:
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = Path(state_dir) / "pynet.db"
+        old_umask = os.umask(0o177)  # the database and its journal: 0600
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def put_network(self, record: NetworkRecord) -> None:
+        """Insert or update a network; refuses a bridge name another network holds."""
+        data = json.dumps(asdict(record))
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO networks (id, bridge, state, data) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET bridge=excluded.bridge, "
+                    "state=excluded.state, data=excluded.data",
+                    (record.id, record.bridge, record.state, data),
+                )
+        except sqlite3.IntegrityError:
+            other = self.network_by_bridge(record.bridge)
+            raise Conflict(
+                f"bridge {record.bridge} is already used by network "
+                f"{other.id[:12] if other else '?'}; choose another "
+                "com.docker.network.bridge.name"
+            ) from None
+
+    def network(self, network_id: str) -> NetworkRecord | None:
+        """The network with this id, or None."""
+        return self._one("SELECT data FROM networks WHERE id = ?", (network_id,), _network)
+
+    def network_by_bridge(self, bridge: str) -> NetworkRecord | None:
+        """The network that owns bridge ``bridge``, or None."""
+        return self._one("SELECT data FROM networks WHERE bridge = ?", (bridge,), _network)
+
+    def networks(self) -> list[NetworkRecord]:
+        """Every network."""
+        return self._all("SELECT data FROM networks ORDER BY rowid", (), _network)
+
+    def delete_network(self, network_id: str) -> None:
+        """Forget a network (its endpoints must be gone already)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM networks WHERE id = ?", (network_id,))
+
+    def put_endpoint(self, record: EndpointRecord) -> None:
+        """Insert or update an endpoint."""
+        data = json.dumps(asdict(record))
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO endpoints (id, network_id, state, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, data=excluded.data",
+                (record.id, record.network_id, record.state, data),
+            )
+
+    def endpoint(self, endpoint_id: str) -> EndpointRecord | None:
+        """The endpoint with this id, or None."""
+        return self._one("SELECT data FROM endpoints WHERE id = ?", (endpoint_id,), _endpoint)
+
+    def endpoints(self, network_id: str | None = None) -> list[EndpointRecord]:
+        """Every endpoint, or those of one network."""
+        if network_id is None:
+            return self._all("SELECT data FROM endpoints ORDER BY id", (), _endpoint)
+        return self._all("SELECT data FROM endpoints WHERE network_id = ? ORDER BY id",
+                         (network_id,), _endpoint)
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Forget an endpoint."""
+        with self._tx() as db:
+            db.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,))
+
+    def _one(self, sql: str, args: tuple[Any, ...], build: Any) -> Any:
+        rows = self._all(sql, args, build)
+        return rows[0] if rows else None
+
+    def _all(self, sql: str, args: tuple[Any, ...], build: Any) -> list[Any]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [build(json.loads(row[0])) for row in rows]
+
+
+def _network(data: dict[str, Any]) -> NetworkRecord:
+    return NetworkRecord(**data)
+
+
+def _endpoint(data: dict[str, Any]) -> EndpointRecord:
+    data["ports"] = [PortRecord(**p) for p in data.get("ports", [])]
+    return EndpointRecord(**data)

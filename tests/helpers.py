@@ -1,0 +1,226 @@
+"""Shared test machinery: a real dockerd, pynet instances under throwaway names, clean-up.
+
+Tests talk to the real kernel and the real dockerd. Everything they create is named with the
+session's pynet instance name or registered for clean-up, and the session ends by checking that
+nothing of it is left.
+"""
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+PYNET = str(VENV_BIN / "pynet")
+# Debian's 20.10 client speaks the daemon's API natively (the 28.x client on PATH refuses
+# --mac-address against API 1.41).
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+IMAGE = "busybox:local"
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 10.0,
+             interval: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T = probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+        last = probe()
+    return last
+
+
+def run(argv: list[str], check: bool = True, timeout: float = 60.0,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a program (never through a shell) and capture its output."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}"
+                             f"{done.stderr}")
+    return done
+
+
+def docker(*args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """The docker CLI."""
+    return run([DOCKER, *args], check=check, timeout=timeout)
+
+
+def docker_ok() -> bool:
+    """True when dockerd answers."""
+    return run([DOCKER, "info", "--format", "{{.ServerVersion}}"], check=False,
+               timeout=10).returncode == 0
+
+
+def ensure_dockerd() -> None:
+    """Start Debian's dockerd if none answers, and wait until it does."""
+    if docker_ok():
+        return
+    log = open("/var/log/pynet-test-dockerd.log", "ab")
+    subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+    wait_for("dockerd to answer", docker_ok, timeout=60, interval=0.5)
+
+
+def ensure_image() -> None:
+    """The local busybox image the tests run."""
+    run([str(REPO / "scripts" / "busybox-image.sh")])
+
+
+def links(kind: str | None = None) -> list[dict]:
+    """``ip -j -d link`` (iproute2 is used by tests only, to observe the kernel independently)."""
+    argv = ["ip", "-j", "-d", "link", "show"] + (["type", kind] if kind else [])
+    return json.loads(run(argv).stdout or "[]")
+
+
+def link(name: str) -> dict | None:
+    """One link as ``ip -j -d link show`` reports it, or None."""
+    done = run(["ip", "-j", "-d", "link", "show", "dev", name], check=False)
+    if done.returncode != 0:
+        return None
+    found = json.loads(done.stdout)
+    return found[0] if found else None
+
+
+def addresses(name: str) -> list[str]:
+    """CIDR addresses on a link."""
+    done = run(["ip", "-j", "addr", "show", "dev", name], check=False)
+    if done.returncode != 0:
+        return []
+    return [f"{a['local']}/{a['prefixlen']}" for i in json.loads(done.stdout)
+            for a in i.get("addr_info", [])]
+
+
+def iptables_save() -> str:
+    """The host's rules (filter and nat)."""
+    return run(["iptables-save"]).stdout
+
+
+def stable_iptables_save(timeout: float = 10.0) -> str:
+    """iptables-save once two reads in a row agree (dockerd reorders jumps non-atomically)."""
+    previous = [iptables_save()]
+
+    def settled() -> bool:
+        current = iptables_save()
+        same = current == previous[0]
+        previous[0] = current
+        return same
+    wait_for("iptables to settle", settled, timeout=timeout, interval=0.2)
+    return previous[0]
+
+
+class Subnets:
+    """Hands out /24 subnets from a range no host route or resolver uses.
+
+    Each developer or CI run can move its range with PYNET_TEST_SUBNETS so concurrent runs on
+    one machine never collide.
+    """
+
+    def __init__(self, pool: str | None = None) -> None:
+        self.pool = ipaddress.IPv4Network(pool or os.environ.get("PYNET_TEST_SUBNETS",
+                                                                 "10.231.64.0/18"))
+        self._all = list(self.pool.subnets(new_prefix=24))
+        self._next = secrets.randbelow(len(self._all))
+
+    def take(self) -> ipaddress.IPv4Network:
+        """The next subnet (rotating; tests remove their networks, so reuse is safe)."""
+        subnet = self._all[self._next % len(self._all)]
+        self._next += 1
+        return subnet
+
+
+@dataclass
+class Instance:
+    """One pynet process serving under a throwaway driver name."""
+
+    name: str
+    state_dir: str
+    log_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> str:
+        return f"/run/docker/plugins/{self.name}.sock"
+
+    def argv(self, *command: str) -> list[str]:
+        return [PYNET, "--name", self.name, "--state-dir", self.state_dir, *command]
+
+    def start(self) -> None:
+        """Start serving and wait until the socket answers."""
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYNET_RECONCILE_INTERVAL": "1", **self.env}
+        self.proc = subprocess.Popen(self.argv("serve"), stdout=log, stderr=log, env=env,
+                                     start_new_session=True)
+        wait_for(f"{self.name} to listen", self.answers, timeout=15)
+
+    def answers(self) -> bool:
+        done = run(["curl", "-sf", "--max-time", "2", "--unix-socket", self.socket, "-X", "POST",
+                    "http://x/NetworkDriver.GetCapabilities"], check=False)
+        return done.returncode == 0
+
+    def call(self, method: str, body: dict | str) -> dict:
+        """POST to the plugin socket as dockerd would (no Content-Type)."""
+        data = body if isinstance(body, str) else json.dumps(body)
+        done = run(["curl", "-s", "--max-time", "20", "--unix-socket", self.socket, "-X",
+                    "POST", "-H", "Content-Type:", "--data-binary", "@-",
+                    f"http://x/{method}"], input=data)
+        return json.loads(done.stdout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the whole process group (gunicorn master and worker)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=15)
+        self.proc = None
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+
+def new_instance(env: dict[str, str] | None = None) -> Instance:
+    """A not-yet-started instance with its own name and state directory."""
+    name = f"pynet-t{secrets.token_hex(3)}"
+    state = tempfile.mkdtemp(prefix=f"{name}-state-")
+    return Instance(name=name, state_dir=state, log_path=f"/tmp/{name}.log", env=env or {})
+
+
+def purge_instance(inst: Instance) -> list[str]:
+    """Remove everything an instance made: containers, networks, links, chains, state.
+
+    Returns what was found left over, so the caller can assert the tests cleaned up.
+    """
+    leftovers: list[str] = []
+    nets = docker("network", "ls", "-q", "--filter", f"driver={inst.name}").stdout.split()
+    for net in nets:
+        users = docker("network", "inspect", net, "--format",
+                       "{{range $k, $v := .Containers}}{{$k}} {{end}}").stdout.split()
+        for cid in users:
+            leftovers.append(f"container {cid[:12]}")
+            docker("rm", "-f", cid, check=False)
+        leftovers.append(f"network {net[:12]}")
+        docker("network", "rm", net, check=False)
+    inst.stop()
+    alias = f"pynet:{inst.name}:"
+    for item in links():
+        if item.get("ifalias", "").startswith(alias):
+            leftovers.append(f"link {item['ifname']}")
+            run(["ip", "link", "del", item["ifname"]], check=False)
+    run(inst.argv("uninstall"), check=False)
+    shutil.rmtree(inst.state_dir, ignore_errors=True)
+    return leftovers

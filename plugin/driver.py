@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from plugin import protocol
 from plugin.config import Settings
 from plugin.errors import Busy, InvalidRequest, NotFound
+from plugin.faults import checkpoint
 from plugin.firewall.iptables import Dump, IPTables
 from plugin.firewall.rules import (
     DOCKER_ISOLATION_1,
@@ -116,9 +117,12 @@ class Driver:
             record = NetworkRecord(id=req.network_id, bridge=bridge, request=req.body,
                                    preexisting=link is not None and not mine)
             self.store.put_network(record)  # refuses a bridge another network holds
+            checkpoint("create_network.recorded")
         try:
             self.build_network(record, req)
+            checkpoint("create_network.bridge_built")
             self.sync_firewall()
+            checkpoint("create_network.rules_applied")
         except Exception:
             self.teardown_network(record)
             raise
@@ -152,6 +156,7 @@ class Driver:
             self.teardown_endpoint(endpoint)
         record.state = DELETING
         self.store.put_network(record)
+        checkpoint("delete_network.marked")
         self.teardown_network(record)
 
     def teardown_network(self, record: NetworkRecord) -> None:
@@ -160,8 +165,10 @@ class Driver:
             record.state = DELETING
             self.store.put_network(record)
         self.sync_firewall()
+        checkpoint("delete_network.rules_removed")
         if not record.preexisting:  # a user's bridge stays, with its address, as Docker does
             self.netlink.delete(record.bridge)
+        checkpoint("delete_network.bridge_deleted")
         self.store.delete_network(record.id)
 
     # -- endpoints -----------------------------------------------------------------------
@@ -191,8 +198,10 @@ class Driver:
                 mac=req.mac or mac_from_ipv4(req.address.ip), mac_given=req.mac is not None,
                 host_veth=host, peer_veth=peer, created=time.time())
             self.store.put_endpoint(record)
+            checkpoint("create_endpoint.recorded")
         try:
             self.build_endpoint(record, network, net)
+            checkpoint("create_endpoint.veth_built")
         except Exception:
             self.teardown_endpoint(record)
             raise
@@ -240,8 +249,10 @@ class Driver:
             self._release_ports(record)
             self.store.put_endpoint(record)
             self.sync_firewall()
+        checkpoint("delete_endpoint.marked")
         self.netlink.delete(record.host_veth)
         self.netlink.delete(record.peer_veth)  # back in the host after the container stopped
+        checkpoint("delete_endpoint.veth_deleted")
         self.store.delete_endpoint(record.id)
 
     def endpoint_info(self, ref: protocol.EndpointRef) -> dict[str, str]:
@@ -269,6 +280,8 @@ class Driver:
                            "restart the container")
         if net.options.internal:
             return  # like the built-in driver: -p on an internal network is ignored
+        if not req.bindings and not record.ports:
+            return  # dockerd calls this for every gateway endpoint, ports or not
         if record.ports:
             self._release_ports(record)  # a retried call: start from nothing
         try:
@@ -282,7 +295,9 @@ class Driver:
                                           binding.host_port_end)
                 record.ports.append(PortRecord(binding.proto, binding.port, str(host_ip), port))
             self.store.put_endpoint(record)
+            checkpoint("program_external.recorded")
             self.sync_firewall()
+            checkpoint("program_external.rules_applied")
         except Exception:
             self._release_ports(record)
             self.store.put_endpoint(record)
@@ -296,6 +311,7 @@ class Driver:
             return
         self._release_ports(record)
         self.store.put_endpoint(record)
+        checkpoint("revoke_external.recorded")
         self.sync_firewall()
         self.netlink.flush_conntrack(ipaddress.ip_interface(record.address).ip)
 

@@ -7,8 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import IMAGE, Instance, Subnets, docker, ensure_dockerd, ensure_image
-from tests.helpers import new_instance, purge_instance
+from tests.helpers import (
+    IMAGE,
+    Instance,
+    Subnets,
+    docker,
+    ensure_dockerd,
+    ensure_image,
+    new_instance,
+    purge_instance,
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -53,7 +53,8 @@ def run(argv: list[str], check: bool = True, timeout: float = 60.0,
     return done
 
 
-def docker(*args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def docker(*args: str, check: bool = True,
+           timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """The docker CLI."""
     return run([DOCKER, *args], check=check, timeout=timeout)
 

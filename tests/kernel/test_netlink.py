@@ -1,0 +1,118 @@
+"""Bridges, veths and addresses in a throwaway network namespace, through plugin.netlink."""
+
+import ipaddress
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from plugin.errors import Conflict, KernelError
+from plugin.netlink import Netlink, mac_from_ipv4
+
+GW = ipaddress.ip_interface("10.231.250.1/24")
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = f"pnk-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+@pytest.fixture
+def nl(ns: str) -> Iterator[Netlink]:
+    netlink = Netlink(netns=ns)
+    yield netlink
+    netlink.close()
+
+
+def ip_link(ns: str, name: str) -> dict:
+    out = subprocess.run(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", name],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+def ip_addrs(ns: str, name: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", ns, "-j", "addr", "show", "dev", name],
+                         capture_output=True, text=True, check=True).stdout
+    return [f"{a['local']}/{a['prefixlen']}" for a in json.loads(out)[0]["addr_info"]]
+
+
+def test_bridge_is_created_up_marked_and_with_a_0242_mac(nl: Netlink, ns: str) -> None:
+    assert nl.ensure_bridge("pnbr0", alias="pynet:k:1") is True
+    seen = ip_link(ns, "pnbr0")
+    assert seen["linkinfo"]["info_kind"] == "bridge"
+    assert "UP" in seen["flags"]
+    assert seen["ifalias"] == "pynet:k:1"
+    assert seen["address"].startswith("02:42:")
+
+
+def test_ensure_bridge_twice_is_a_no_op(nl: Netlink, ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    index = ip_link(ns, "pnbr0")["ifindex"]
+    assert nl.ensure_bridge("pnbr0", alias="pynet:k:1") is False
+    assert ip_link(ns, "pnbr0")["ifindex"] == index
+
+
+def test_users_bridge_is_reused_and_never_marked(nl: Netlink, ns: str) -> None:
+    subprocess.run(["ip", "-n", ns, "link", "add", "userbr", "type", "bridge"], check=True)
+    assert nl.ensure_bridge("userbr", alias=None) is False
+    assert "ifalias" not in ip_link(ns, "userbr")
+    assert "UP" in ip_link(ns, "userbr")["flags"]
+
+
+def test_a_non_bridge_of_that_name_is_a_conflict(nl: Netlink, ns: str) -> None:
+    subprocess.run(["ip", "-n", ns, "link", "add", "ve0", "type", "veth", "peer", "ve1"],
+                   check=True)
+    with pytest.raises(Conflict, match="ve0 exists and is a veth"):
+        nl.ensure_bridge("ve0", alias="pynet:k:1")
+
+
+def test_address_is_added_once(nl: Netlink, ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    nl.ensure_address("pnbr0", GW)
+    nl.ensure_address("pnbr0", GW)
+    assert ip_addrs(ns, "pnbr0") == ["10.231.250.1/24"]
+    assert nl.addresses("pnbr0") == {GW}
+    nl.remove_address("pnbr0", GW)
+    nl.remove_address("pnbr0", GW)
+    assert ip_addrs(ns, "pnbr0") == []
+
+
+def test_veth_pair_with_mtu_mac_master_and_hairpin(nl: Netlink, ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    mac = mac_from_ipv4(ipaddress.IPv4Address("10.231.250.2"))
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 1400, mac, "pynet:k:2")
+    nl.ensure_hairpin("pnh0")
+    host, peer = ip_link(ns, "pnh0"), ip_link(ns, "pnc0")
+    assert host["master"] == "pnbr0" and "UP" in host["flags"]
+    assert host["mtu"] == peer["mtu"] == 1400
+    assert peer["address"] == mac == "02:42:0a:e7:fa:02"
+    assert host["ifalias"] == "pynet:k:2"
+    assert host["linkinfo"]["info_slave_data"]["hairpin"] is True
+
+
+def test_ensure_veth_repairs_a_detached_port(nl: Netlink, ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    subprocess.run(["ip", "-n", ns, "link", "set", "pnh0", "nomaster", "down"], check=True)
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    host = ip_link(ns, "pnh0")
+    assert host["master"] == "pnbr0" and "UP" in host["flags"]
+
+
+def test_delete_takes_the_peer_and_tolerates_absence(nl: Netlink, ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    assert nl.delete("pnh0") is True
+    assert nl.get("pnc0") is None
+    assert nl.delete("pnh0") is False
+
+
+def test_veth_on_a_missing_bridge_names_the_bridge(nl: Netlink) -> None:
+    with pytest.raises(KernelError, match="link nobr does not exist"):
+        nl.ensure_veth("pnh0", "pnc0", "nobr", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    assert nl.get("pnh0") is None

@@ -10,13 +10,14 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from plugin import protocol
 from plugin.config import Settings
-from plugin.errors import Busy, InvalidRequest, NotFound
+from plugin.errors import Busy, InvalidRequest, KernelError, NotFound
 from plugin.faults import checkpoint
 from plugin.firewall.iptables import Dump, IPTables
 from plugin.firewall.rules import (
@@ -124,7 +125,7 @@ class Driver:
             self.sync_firewall()
             checkpoint("create_network.rules_applied")
         except Exception:
-            self.teardown_network(record)
+            self._roll_back(self.teardown_network, record)
             raise
         record.state = READY
         self.store.put_network(record)
@@ -143,9 +144,21 @@ class Driver:
         if not req.options.internal:
             # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
             self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
-        # Bridged traffic must pass iptables for icc=false and for same-network published
-        # ports (the reply is un-DNATed on the bridge); Docker needs the same.
-        self.sysctl.ensure("net/bridge/bridge-nf-call-iptables", "1")
+        self._ensure_bridge_netfilter(icc=req.options.enable_icc)
+
+    def _ensure_bridge_netfilter(self, icc: bool) -> None:
+        """Bridged traffic must pass iptables for icc=false (Docker needs the same) and for
+        a same-network peer using a published port (the reply is un-DNATed on the bridge)."""
+        key = "net/bridge/bridge-nf-call-iptables"
+        if self.sysctl.read(key) is not None:
+            self.sysctl.ensure(key, "1")
+        elif not icc:
+            raise KernelError("enable_icc=false needs the br_netfilter module, and "
+                              f"{self.sysctl.root}/{key} is missing: run 'modprobe br_netfilter'"
+                              " on the host")
+        else:
+            log.warning("br_netfilter is not loaded: same-network peers cannot use each "
+                        "other's published ports; run 'modprobe br_netfilter' on the host")
 
     def delete_network(self, ref: protocol.NetworkRef) -> None:
         """Remove the network's endpoints, rules and bridge; unknown ids are fine."""
@@ -170,6 +183,15 @@ class Driver:
             self.netlink.delete(record.bridge)
         checkpoint("delete_network.bridge_deleted")
         self.store.delete_network(record.id)
+
+    @staticmethod
+    def _roll_back(undo: Callable[[Any], None], record: Any) -> None:
+        """Undo a failed call; if that fails too, the record (left in a non-ready state) lets
+        the next reconcile finish the job, and dockerd still gets the original error."""
+        try:
+            undo(record)
+        except Exception:
+            log.exception("rolling back %s failed; reconcile will retry", record.id[:12])
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -203,7 +225,7 @@ class Driver:
             self.build_endpoint(record, network, net)
             checkpoint("create_endpoint.veth_built")
         except Exception:
-            self.teardown_endpoint(record)
+            self._roll_back(self.teardown_endpoint, record)
             raise
         if record.state != READY:
             record.state = READY

@@ -224,4 +224,6 @@ def purge_instance(inst: Instance) -> list[str]:
             run(["ip", "link", "del", item["ifname"]], check=False)
     run(inst.argv("uninstall"), check=False)
     shutil.rmtree(inst.state_dir, ignore_errors=True)
+    if not leftovers:
+        Path(inst.log_path).unlink(missing_ok=True)  # kept only when something went wrong
     return leftovers

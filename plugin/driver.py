@@ -233,22 +233,20 @@ class Driver:
         return None if record.mac_given else record.mac
 
     def build_endpoint(self, record: EndpointRecord, network: NetworkRecord,
-                        net: protocol.CreateNetwork) -> None:
+                       net: protocol.CreateNetwork) -> None:
+        # Hairpin: a container reaching its own published port via the host address is
+        # DNATed back out of the bridge port it came in on.
         self.netlink.ensure_veth(record.host_veth, record.peer_veth, network.bridge,
-                                 net.options.mtu, record.mac, self.alias(record.id))
-        if not net.options.internal:
-            # A container reaching its own published port via the host address is DNATed
-            # back out of the port it came in on.
-            self.netlink.ensure_hairpin(record.host_veth)
+                                 net.options.mtu, record.mac, self.alias(record.id),
+                                 hairpin=not net.options.internal)
 
     def join(self, req: protocol.Join) -> Joined:
         """Hand the container end to dockerd with the network's gateways."""
-        network, net = self._ready_network(req.network_id)
+        _, net = self._ready_network(req.network_id)
         record = self.store.endpoint(req.endpoint_id)
         if record is None or record.state != READY:
             raise NotFound(f"endpoint {req.endpoint_id[:12]} is not known to pynet; "
                            "restart the container")
-        self.build_endpoint(record, network, net)  # cheap check, repairs after a restart
         aux = net.ipv4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
         gateway = aux.ip if aux is not None else (net.ipv4.gateway.ip if net.ipv4.gateway
                                                   else None)

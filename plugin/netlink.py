@@ -70,10 +70,10 @@ class Netlink:
 
     def get(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
-        found = self._call(f"looking up link {name}", "link_lookup", ifname=name)
-        if not found:
+        index = self._index(name)
+        if index is None:
             return None
-        msgs = self._call(f"reading link {name}", "get_links", found[0], tolerate=(errno.ENODEV,))
+        msgs = self._call(f"reading link {name}", "get_links", index, tolerate=(errno.ENODEV,))
         return _link(msgs[0]) if msgs else None
 
     def links(self) -> Iterator[Link]:
@@ -134,40 +134,49 @@ class Netlink:
                 for m in msgs}
 
     def ensure_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str,
-                    alias: str) -> None:
+                    alias: str, hairpin: bool) -> None:
         """A veth pair: ``host`` enslaved to ``bridge`` and up, ``peer`` left for dockerd to move
-        into the container with ``mac``; both ends get ``mtu`` when it is non-zero."""
-        bridge_link = self._require(bridge)
-        existing = self.get(host)
-        if existing is not None and existing.kind != "veth":
-            raise Conflict(f"interface {host} exists and is not a veth; remove it")
-        if existing is None:
+        into the container with ``mac``; both ends get ``mtu`` when it is non-zero. ``hairpin``
+        lets frames leave the bridge port they came in on (published-port hairpin)."""
+        bridge_index = self._index(bridge)
+        if bridge_index is None:
+            raise KernelError(f"link {bridge} does not exist")
+        index = self._index(host)
+        if index is None:
+            # This is on docker run's path: one request creates, enslaves and raises the pair,
+            # and what was just created is not read back.
             peer_spec: dict[str, object] = {"ifname": peer, "address": mac}
             extra: dict[str, object] = {}
             if mtu:
-                peer_spec["mtu"] = mtu
-                extra["mtu"] = mtu
+                peer_spec["mtu"] = extra["mtu"] = mtu
             self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
-                       kind="veth", peer=peer_spec, txqlen=0, tolerate=(errno.EEXIST,), **extra)
+                       kind="veth", peer=peer_spec, txqlen=0, master=bridge_index,
+                       state="up", **extra)
+            index = self._index(host)
+            settings: dict[str, object] = {"ifalias": alias}
+        else:
             existing = self._require(host)
-        settings: dict[str, object] = {}
-        if existing.alias != alias:
-            settings["ifalias"] = alias
-        if existing.master != bridge_link.index:
-            settings["master"] = bridge_link.index
-        if mtu and existing.mtu != mtu:
-            settings["mtu"] = mtu
+            if existing.kind != "veth":
+                raise Conflict(f"interface {host} exists and is a {existing.kind or 'device'}, "
+                               "not a veth; remove it")
+            settings = {}
+            if existing.alias != alias:
+                settings["ifalias"] = alias
+            if existing.master != bridge_index:
+                settings["master"] = bridge_index
+            if mtu and existing.mtu != mtu:
+                settings["mtu"] = mtu
+            if not existing.up:
+                settings["state"] = "up"
         if settings:
-            self._call(f"configuring veth {host}", "link", "set", index=existing.index,
-                       **settings)
-        if not existing.up:
-            self._call(f"bringing up veth {host}", "link", "set", index=existing.index,
-                       state="up")
+            self._call(f"configuring veth {host}", "link", "set", index=index, **settings)
+        if hairpin:
+            self._call(f"setting hairpin on {host}", "brport", "set", index=index, mode=1)
 
-    def ensure_hairpin(self, name: str) -> None:
-        """Let frames leave the bridge port they came in on (published-port hairpin)."""
-        link = self._require(name)
-        self._call(f"setting hairpin on {name}", "brport", "set", index=link.index, mode=1)
+    def _index(self, name: str) -> int | None:
+        """The index of link ``name`` (a cheap lookup, unlike a full read)."""
+        found = self._call(f"looking up link {name}", "link_lookup", ifname=name)
+        return found[0] if found else None
 
     def flush_conntrack(self, address: ipaddress.IPv4Address) -> int:
         """Forget tracked connections to or from ``address`` so a later container that gets
@@ -190,11 +199,10 @@ class Netlink:
 
     def delete(self, name: str) -> bool:
         """Delete link ``name`` (a veth takes its peer with it); True if it existed."""
-        link = self.get(name)
-        if link is None:
+        index = self._index(name)
+        if index is None:
             return False
-        self._call(f"deleting link {name}", "link", "del", index=link.index,
-                   tolerate=(errno.ENODEV,))
+        self._call(f"deleting link {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
         return True
 
     def _require(self, name: str) -> Link:

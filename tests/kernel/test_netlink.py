@@ -85,8 +85,7 @@ def test_address_is_added_once(nl: Netlink, ns: str) -> None:
 def test_veth_pair_with_mtu_mac_master_and_hairpin(nl: Netlink, ns: str) -> None:
     nl.ensure_bridge("pnbr0", alias="pynet:k:1")
     mac = mac_from_ipv4(ipaddress.IPv4Address("10.231.250.2"))
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 1400, mac, "pynet:k:2")
-    nl.ensure_hairpin("pnh0")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 1400, mac, "pynet:k:2", hairpin=True)
     host, peer = ip_link(ns, "pnh0"), ip_link(ns, "pnc0")
     assert host["master"] == "pnbr0" and "UP" in host["flags"]
     assert host["mtu"] == peer["mtu"] == 1400
@@ -97,16 +96,16 @@ def test_veth_pair_with_mtu_mac_master_and_hairpin(nl: Netlink, ns: str) -> None
 
 def test_ensure_veth_repairs_a_detached_port(nl: Netlink, ns: str) -> None:
     nl.ensure_bridge("pnbr0", alias="pynet:k:1")
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
     subprocess.run(["ip", "-n", ns, "link", "set", "pnh0", "nomaster", "down"], check=True)
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
     host = ip_link(ns, "pnh0")
     assert host["master"] == "pnbr0" and "UP" in host["flags"]
 
 
 def test_delete_takes_the_peer_and_tolerates_absence(nl: Netlink, ns: str) -> None:
     nl.ensure_bridge("pnbr0", alias="pynet:k:1")
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
     assert nl.delete("pnh0") is True
     assert nl.get("pnc0") is None
     assert nl.delete("pnh0") is False
@@ -114,5 +113,5 @@ def test_delete_takes_the_peer_and_tolerates_absence(nl: Netlink, ns: str) -> No
 
 def test_veth_on_a_missing_bridge_names_the_bridge(nl: Netlink) -> None:
     with pytest.raises(KernelError, match="link nobr does not exist"):
-        nl.ensure_veth("pnh0", "pnc0", "nobr", 0, "02:42:0a:e7:fa:02", "pynet:k:2")
+        nl.ensure_veth("pnh0", "pnc0", "nobr", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
     assert nl.get("pnh0") is None

@@ -39,6 +39,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message at debug: LOG_LEVEL=debug is for pynet's decisions.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, root.level))
 
 
 def keep_reconciling(driver: Driver, stop: threading.Event) -> None:

@@ -24,11 +24,16 @@ class Settings:
     log_level: str = "info"
     reconcile_interval: float = 5.0
     call_deadline: float = 10.0
+    socket_name: str = ""
 
     @property
     def socket_path(self) -> str:
-        """The Unix socket dockerd dials (the driver name is the file name)."""
-        return os.path.join(self.socket_dir, f"{self.name}.sock")
+        """The Unix socket dockerd dials: ``<name>.sock``, unless ``socket_name`` is fixed.
+
+        A managed plugin's socket name is fixed in its config.json, yet a second (test)
+        instance of it needs its own name so that its chains and links stay apart.
+        """
+        return os.path.join(self.socket_dir, self.socket_name or f"{self.name}.sock")
 
     @property
     def chain_prefix(self) -> str:
@@ -52,12 +57,16 @@ def from_env(**overrides: object) -> Settings:
         "log_level": env.get("PYNET_LOG_LEVEL", env.get("LOG_LEVEL", "info")).lower(),
         "reconcile_interval": _float("PYNET_RECONCILE_INTERVAL", 5.0),
         "call_deadline": _float("PYNET_CALL_DEADLINE", 10.0),
+        "socket_name": env.get("PYNET_SOCKET_NAME", ""),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     if not _NAME.fullmatch(settings.name):
         raise InvalidRequest(f"plugin name {settings.name!r} is invalid: use 1-20 lower-case "
                              "letters, digits or '-', starting with a letter")
+    if settings.socket_name and os.path.basename(settings.socket_name) != settings.socket_name:
+        raise InvalidRequest(f"PYNET_SOCKET_NAME {settings.socket_name!r} must be a file name, "
+                             "not a path; the directory is PYNET_SOCKET_DIR")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise InvalidRequest(f"log level {settings.log_level!r} is invalid: use debug, info, "
                              "warning or error")

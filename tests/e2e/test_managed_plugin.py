@@ -1,0 +1,417 @@
+"""pynet as a Docker managed plugin: build, enable, crash, disable/enable, upgrade, dockerd restart.
+
+The module builds one plugin with scripts/build-plugin.sh (what ``make plugin`` runs) under a
+throwaway name, ``pynet-ci-<hex>:latest``, whose pynet instance name (iptables chains, link
+aliases) and state directory are its own, so it never meets a user's ``pynet:latest`` or its
+records. Networks come from 10.231.192.0/19 unless PYNET_TEST_SUBNETS says otherwise.
+"""
+
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Resources
+from tests.helpers import (
+    PYNET,
+    REPO,
+    Subnets,
+    docker,
+    docker_ok,
+    iptables_save,
+    links,
+    run,
+    wait_for,
+)
+
+pytestmark = pytest.mark.plugin
+
+BUILD = str(REPO / "scripts" / "build-plugin.sh")
+BUILD_TIMEOUT = 900.0  # a cold build runs debootstrap (~1 min here; CI mirrors can be slower)
+RUNC_ROOT = "/run/docker/runtime-runc/plugins.moby"  # where dockerd runs plugin containers
+DOCKERD_PIDFILE = Path("/var/run/docker.pid")
+
+
+@dataclass
+class Plugin:
+    """The module's managed plugin, known by name; its id changes when it is re-created."""
+
+    name: str
+
+    @property
+    def ref(self) -> str:
+        """What ``docker network create -d`` takes: managed drivers need the tag (ref. P1)."""
+        return f"{self.name}:latest"
+
+    @property
+    def state_dir(self) -> Path:
+        """Its records on the host (the plugin sees the host's /var/lib as /host/var/lib)."""
+        return Path(f"/var/lib/{self.name}-state")
+
+    def settings(self) -> list[str]:
+        """``docker plugin set`` pairs that keep this plugin away from a real install."""
+        return [f"PYNET_NAME={self.name}", f"PYNET_STATE_DIR=/host{self.state_dir}",
+                "PYNET_RECONCILE_INTERVAL=1"]
+
+    def build(self, *flags: str, name: str | None = None, tag: str = "latest") -> None:
+        """Run the build script: rootfs, ``plugin rm -f`` of the old one, create, set, enable."""
+        run([BUILD, *flags, name or self.name, tag, *self.settings()], timeout=BUILD_TIMEOUT)
+
+    def inspect(self, fmt: str) -> str:
+        return docker("plugin", "inspect", "--format", fmt, self.ref).stdout.strip()
+
+    def id(self) -> str:
+        return self.inspect("{{.Id}}")
+
+    def env(self) -> list[str]:
+        return json.loads(self.inspect("{{json .Settings.Env}}"))
+
+    def build_info(self) -> str:
+        """The build stamp the script writes into each rootfs (dockerd stores it readable)."""
+        return Path(f"/var/lib/docker/plugins/{self.id()}/rootfs/etc/pynet-build").read_text()
+
+    def pid(self) -> int | None:
+        """Host pid of the plugin's PID 1 (gunicorn's master), None while it is not running."""
+        done = run(["runc", "--root", RUNC_ROOT, "state", self.id()], check=False)
+        if done.returncode != 0:
+            return None
+        state = json.loads(done.stdout)
+        return state["pid"] if state.get("status") == "running" and state.get("pid") else None
+
+    def answers(self) -> bool:
+        """The plugin's socket (host side of its /run/docker/plugins) answers a handshake."""
+        sock = f"/run/docker/plugins/{self.id()}/pynet.sock"
+        return run(["curl", "-sf", "--max-time", "2", "--unix-socket", sock, "-X", "POST",
+                    "http://x/NetworkDriver.GetCapabilities"], check=False).returncode == 0
+
+    def enabled(self) -> bool:
+        return self.inspect("{{.Enabled}}") == "true"
+
+    def ensure_enabled(self) -> None:
+        """After a test that disabled it, even a failed one: later tests and clean-up need it."""
+        if not self.enabled():
+            docker("plugin", "enable", self.ref)
+
+    def purge(self) -> list[str]:
+        """Remove the plugin and everything it made; return what tests had left behind."""
+        leftovers: list[str] = []
+        # dockerd is shared: someone else's test may be restarting it right now.
+        wait_for("dockerd to answer", docker_ok, timeout=120, interval=0.5)
+        if docker("plugin", "inspect", self.ref, check=False).returncode == 0:
+            docker("plugin", "enable", self.ref, check=False)  # network rm needs the driver
+        for net in docker("network", "ls", "-q", "--filter", f"driver={self.ref}").stdout.split():
+            users = docker("network", "inspect", net, "--format",
+                           "{{range $k, $v := .Containers}}{{$k}} {{end}}").stdout.split()
+            for cid in users:
+                leftovers.append(f"container {cid[:12]}")
+                docker("rm", "-f", cid, check=False)
+            leftovers.append(f"network {net[:12]}")
+            docker("network", "rm", net, check=False)
+        # Removes pynet's chains from inside the running plugin, then the plugin.
+        run([BUILD, "--remove", self.name, "latest"], check=False)
+        alias = f"pynet:{self.name}:"
+        for item in links():
+            if item.get("ifalias", "").startswith(alias):
+                leftovers.append(f"link {item['ifname']}")
+                run(["ip", "link", "del", item["ifname"]], check=False)
+        if f":{self.name.upper()}-" in iptables_save():
+            leftovers.append(f"iptables chains {self.name.upper()}-*")
+            run([PYNET, "--name", self.name, "--state-dir", str(self.state_dir), "uninstall"],
+                check=False)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return leftovers
+
+
+@pytest.fixture(scope="module")
+def subnets() -> Subnets:
+    """This module's range: apart from the rest of the suite's, and from other developers'."""
+    return Subnets(os.environ.get("PYNET_TEST_SUBNETS") or "10.231.192.0/19")
+
+
+@pytest.fixture(scope="module")
+def plugin(dockerd: None) -> Iterator[Plugin]:
+    """The plugin, built and enabled once for the module, removed with all it made."""
+    p = Plugin(f"pynet-ci-{secrets.token_hex(3)}")
+    try:
+        p.build()
+        yield p
+    finally:
+        leftovers = p.purge()
+    assert not leftovers, f"tests left these behind: {leftovers}"
+
+
+# -- probes ----------------------------------------------------------------------------------
+
+def container_ip(name: str, network: str) -> str:
+    fmt = f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+    return docker("inspect", "--format", fmt, name).stdout.strip()
+
+
+def gateway(network: str) -> str:
+    """dockerd's IPAM gives a network the first address of its subnet unless told otherwise."""
+    subnet = docker("network", "inspect", "--format", "{{(index .IPAM.Config 0).Subnet}}",
+                    network).stdout.strip()
+    return str(ipaddress.ip_network(subnet)[1])
+
+
+def pings(src: str, target: str) -> bool:
+    return docker("exec", src, "ping", "-c1", "-W2", target, check=False).returncode == 0
+
+
+def assert_network_works(res: Resources, network: str, old: str) -> None:
+    """``old`` still reaches the gateway, and a container started now joins and reaches it."""
+    assert pings(old, gateway(network)), f"{old} lost its gateway"
+    new = res.run("--network", network)
+    assert pings(new, container_ip(old, network)), f"{new} cannot reach {old}"
+
+
+def dockerd_pid() -> int:
+    return int(DOCKERD_PIDFILE.read_text())
+
+
+def dockerd_log() -> Path | None:
+    """The file dockerd writes its log to, if its stdout is one (it is when run by hand)."""
+    target = Path(os.readlink(f"/proc/{dockerd_pid()}/fd/1"))
+    return target if target.is_file() else None
+
+
+def log_since(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+def test_config_asks_for_net_admin_only_and_mounts_present_at_every_boot() -> None:
+    config = json.loads((REPO / "config.json").read_text())
+    assert config["interface"] == {"types": ["docker.networkdriver/1.0"], "socket": "pynet.sock"}
+    assert config["network"]["type"] == "host"  # veths must be made where dockerd finds them
+    assert config["linux"]["capabilities"] == ["CAP_NET_ADMIN"]
+    # A bind source missing at dockerd boot panics dockerd 20.10 (reference P3): only paths
+    # every Linux host has.
+    assert {m["source"] for m in config["mounts"]} <= {"/proc/sys/net", "/var/lib"}
+    env = {e["name"]: e for e in config["env"]}
+    assert env["PYNET_SOCKET_NAME"]["value"] == config["interface"]["socket"]
+    assert "value" in env["LOG_LEVEL"]["settable"]
+    assert "value" in env["PYNET_STATE_DIR"]["settable"]
+
+
+def test_plugin_is_enabled_with_its_own_state_dir(plugin: Plugin) -> None:
+    assert plugin.enabled()
+    assert f"PYNET_STATE_DIR=/host{plugin.state_dir}" in plugin.env()
+    wait_for("the plugin to open its records", (plugin.state_dir / "pynet.db").exists)
+
+
+def test_socket_answers_within_a_second_of_start(plugin: Plugin) -> None:
+    docker("plugin", "disable", "-f", plugin.ref)
+    try:
+        docker("plugin", "enable", plugin.ref)
+    finally:
+        plugin.ensure_enabled()
+    wait_for("the plugin to answer", plugin.answers, timeout=5)
+    answered = time.clock_gettime(time.CLOCK_BOOTTIME)
+    pid = plugin.pid()
+    assert pid is not None
+    # Field 22 of /proc/<pid>/stat: start time in clock ticks after boot.
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    took = answered - ticks / os.sysconf("SC_CLK_TCK")
+    # About a second is the budget; the measurement also holds dockerd's own enable steps.
+    assert took < 1.5, f"the plugin answered {took:.2f}s after its process started"
+
+
+def test_two_containers_ping_each_other(plugin: Plugin, res: Resources) -> None:
+    net = res.network(plugin.ref)
+    a = res.run("--network", net)
+    b = res.run("--network", net)
+    assert pings(a, container_ip(b, net))
+    assert pings(b, a)  # by name: dockerd's embedded DNS
+    assert pings(a, gateway(net))
+
+
+def test_calls_reach_dockerd_log_at_info_with_duration(plugin: Plugin, res: Resources) -> None:
+    log = dockerd_log()
+    if log is None:
+        pytest.skip("dockerd's stdout is not a file; cannot read its log")
+    offset = log.stat().st_size
+    res.network(plugin.ref)
+    line = re.compile(r'level=info msg="[^"]*CreateNetwork ok [0-9.]+ms" plugin=' + plugin.id())
+    wait_for("CreateNetwork in dockerd's log", lambda: line.search(log_since(log, offset)))
+    errors = [x for x in log_since(log, 0).splitlines()
+              if "level=error" in x and f"plugin={plugin.id()}" in x]
+    assert not errors, "plugin output on stderr (dockerd files it as errors):\n" + "\n".join(
+        errors[:5])
+
+
+def test_killed_plugin_is_restarted_and_networks_keep_working(plugin: Plugin,
+                                                              res: Resources) -> None:
+    net = res.network(plugin.ref)
+    a = res.run("--network", net)
+    pid = plugin.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for("dockerd to restart the killed plugin",
+             lambda: plugin.pid() not in (None, pid), timeout=15)
+    wait_for("the restarted plugin to answer", plugin.answers, timeout=5)
+    assert_network_works(res, net, a)
+
+
+def test_disable_and_enable_keep_networks_working(plugin: Plugin, res: Resources) -> None:
+    net = res.network(plugin.ref)
+    a = res.run("--network", net)
+    docker("plugin", "disable", "-f", plugin.ref)  # -f: networks use it (reference P11)
+    try:
+        docker("plugin", "enable", plugin.ref)
+    finally:
+        plugin.ensure_enabled()
+    assert_network_works(res, net, a)
+
+
+def test_log_level_set_while_disabled_takes_effect(plugin: Plugin) -> None:
+    log = dockerd_log()
+    offset = log.stat().st_size if log else 0
+    docker("plugin", "disable", "-f", plugin.ref)
+    try:
+        docker("plugin", "set", plugin.ref, "LOG_LEVEL=debug")
+        docker("plugin", "enable", plugin.ref)
+        assert "LOG_LEVEL=debug" in plugin.env()
+        if log is not None:
+            debug = re.compile(r'level=info msg="[^"]* DEBUG [^"]*" plugin=' + plugin.id())
+            wait_for("a DEBUG line in dockerd's log", lambda: debug.search(log_since(log, offset)))
+    finally:
+        docker("plugin", "disable", "-f", plugin.ref, check=False)
+        docker("plugin", "set", plugin.ref, "LOG_LEVEL=info", check=False)
+        plugin.ensure_enabled()
+
+
+def test_recreate_under_the_same_name_keeps_networks(plugin: Plugin, res: Resources) -> None:
+    net = res.network(plugin.ref)
+    a = res.run("--network", net)
+    old = plugin.id()
+    plugin.build()  # the upgrade path without a registry: plugin rm -f, create, enable
+    assert plugin.id() != old
+    assert_network_works(res, net, a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (an insecure registry by default): host:port."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    with (tmp_path / "registry.log").open("ab") as out:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out,
+                                stderr=out)
+    try:
+        wait_for("the registry to answer", lambda: run(
+            ["curl", "-sf", f"http://127.0.0.1:{port}/v2/"], check=False).returncode == 0)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_upgrade_from_a_registry_keeps_networks_and_settings(plugin: Plugin, res: Resources,
+                                                             registry: str) -> None:
+    net = res.network(plugin.ref)
+    a = res.run("--network", net)
+    old_id = plugin.id()
+    remote = f"{registry}/{plugin.name}:v2"
+    try:
+        plugin.build("--no-enable", name=f"{registry}/{plugin.name}", tag="v2")
+        docker("plugin", "push", remote, timeout=120)
+        docker("plugin", "rm", remote)
+        docker("plugin", "disable", "-f", plugin.ref)
+        docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check",
+               plugin.ref, remote, timeout=120)
+        docker("plugin", "enable", plugin.ref)
+    finally:
+        docker("plugin", "rm", "-f", remote, check=False)
+        plugin.ensure_enabled()
+    assert plugin.id() == old_id  # upgraded in place, not re-created
+    assert f"plugin={remote}" in plugin.build_info()
+    assert f"PYNET_STATE_DIR=/host{plugin.state_dir}" in plugin.env()  # settings survive
+    assert_network_works(res, net, a)
+
+
+def alive(pid: int) -> bool:
+    """A zombie counts as gone: PID 1 of this VM does not reap orphans (reference P16)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def boot_hazards() -> list[str]:
+    """Enabled plugins whose mount source is missing: they panic dockerd at boot (ref. P3)."""
+    ids = docker("plugin", "ls", "-q", "--no-trunc").stdout.split()
+    found = []
+    for p in json.loads(docker("plugin", "inspect", *ids).stdout) if ids else []:
+        for mount in p["Settings"]["Mounts"] if p["Enabled"] else []:
+            if mount.get("Source") and not os.path.exists(mount["Source"]):
+                found.append(f"{p['Name']}: {mount['Source']}")
+    return found
+
+
+def restart_dockerd() -> None:
+    """Stop dockerd and start it again as it was started (argv, environment, log, cwd)."""
+    pid = dockerd_pid()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    environ = dict(item.split(b"=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    cwd = os.readlink(f"/proc/{pid}/cwd")
+    log = dockerd_log() or Path("/var/log/pynet-test-dockerd.log")
+    os.kill(pid, signal.SIGTERM)
+    wait_for("dockerd to stop", lambda: not alive(pid), timeout=120, interval=0.2)
+    with log.open("ab") as out:
+        subprocess.Popen(argv, env=environ, cwd=cwd, stdout=out, stderr=out,
+                         start_new_session=True)
+    try:
+        wait_for("dockerd to answer again", docker_ok, timeout=120, interval=0.5)
+    except AssertionError:
+        tail = log.read_text(errors="replace").splitlines()[-20:]
+        raise AssertionError("dockerd did not come back; start it by hand "
+                             f"({' '.join(a.decode() for a in argv)}). Log:\n"
+                             + "\n".join(tail)) from None
+
+
+@pytest.mark.dockerd_restart
+def test_dockerd_restart_brings_back_restart_always_containers(plugin: Plugin,
+                                                               res: Resources) -> None:
+    hazards = boot_hazards()
+    if hazards:
+        pytest.skip(f"restarting dockerd would crash it (missing mount sources): {hazards}")
+    net = res.network(plugin.ref)
+    # --stop-timeout 1: busybox sleep as PID 1 ignores SIGTERM; do not hold dockerd's stop.
+    always = ("--network", net, "--restart=always", "--stop-timeout", "1")
+    a = res.run(*always)
+    b = res.run(*always)
+    restart_dockerd()
+    for name in (a, b):
+        wait_for(f"{name} to run again", lambda n=name: docker(
+            "inspect", "--format", "{{.State.Running}}", n).stdout.strip() == "true",
+            timeout=60, interval=0.2)
+    assert pings(a, gateway(net))
+    assert pings(a, container_ip(b, net))
+    assert pings(b, a)

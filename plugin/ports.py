@@ -113,6 +113,12 @@ def _bind(key: Key) -> socket.socket | None:
             return None  # no sctp module: nothing can listen there either
         raise
     try:
+        if kind == socket.SOCK_STREAM:
+            # Connections a program (docker-proxy, a server) recently closed on this port sit
+            # in TIME_WAIT for a minute and would refuse a plain bind; every TCP server sets
+            # this. It does not let anyone share the port: Linux refuses to bind a port that
+            # has a listener, whatever the options.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(key.host_ip), key.port))
         if kind == socket.SOCK_STREAM:
             sock.listen(1)  # a bound-only socket would not stop a SO_REUSEADDR listener

@@ -67,22 +67,37 @@ def detect_backend() -> str:
     return "nft" if "\n-A " in nft.stdout else "legacy"
 
 
+def _bare_jump(rule: str) -> bool:
+    """``-j CHAIN`` with no match: dockerd's jumps, and other pynet instances' hooks."""
+    parts = rule.split()
+    return len(parts) == 2 and parts[0] in ("-j", "-g")
+
+
 def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
-    """restore-format lines that leave exactly one ``hook`` at its place in ``rules``."""
+    """restore-format lines that leave exactly one ``hook`` at its place in ``rules``.
+
+    A hook with ``after`` belongs in the block of bare jumps that opens the chain, below the
+    jumps it names: dockerd keeps re-inserting DOCKER-USER and DOCKER-ISOLATION-STAGE-1 at the
+    top and every network's rules right below them, and other pynet instances' hooks share the
+    block. Any place in that block below the first of each named jump is accepted, so two
+    instances never take turns moving their hooks above each other's, and a stray duplicate
+    jump further down (dockerd's delete-and-insert keeps duplicates) does not make pynet
+    move its hook on every reconcile. Other hooks go anywhere above the chain's ``-j RETURN``.
+    """
     where = [i for i, r in enumerate(rules) if r == hook.rule]
     others = [r for r in rules if r != hook.rule]
+    target = 0
     if hook.after:
-        leading = {f"-j {name}" for name in hook.after}
-        target = 0
-        while target < len(others) and others[target] in leading:
-            target += 1
-        if where == [target]:
+        named = {f"-j {name}" for name in hook.after}.intersection(rules)
+        if len(where) == 1 and all(_bare_jump(r) for r in rules[:where[0]]) \
+                and named.issubset(rules[:where[0]]):
             return []
+        while target < len(others) and _bare_jump(others[target]):
+            target += 1
     else:
         returns = [i for i, r in enumerate(rules) if r == "-j RETURN"]
         if len(where) == 1 and (not returns or where[0] < returns[0]):
             return []
-        target = 0
     fix = [f"-D {hook.chain} {hook.rule}"] * len(where)
     return fix + [f"-I {hook.chain} {target + 1} {hook.rule}"]
 
@@ -155,12 +170,24 @@ class IPTables:
         """Make the kernel match ``render(current rules)``; True if anything had to change.
 
         The rule set depends on what exists (dockerd's chains may or may not be there), hence a
-        function of the dump. dockerd may delete or reorder its chains between our read and our
-        write, which makes the batch fail; reading again and retrying is then correct.
+        function of the dump.
+        """
+        return self._converge(lambda current: build_batch(render(current), current), attempts)
+
+    def remove_all(self, chains: Chains, hooks: list[Hook], attempts: int = 3) -> bool:
+        """Remove pynet's hooks and chains (uninstall); True if anything was there."""
+        return self._converge(lambda current: teardown_batch(chains, hooks, current), attempts)
+
+    def _converge(self, batch_for: Callable[[Dump], str | None], attempts: int) -> bool:
+        """Read, compute the batch, write it; True if there was anything to write.
+
+        dockerd may delete, flush or reorder its chains between our read and our write (it
+        does so on every start and network create), which makes a ``-D`` or ``-I N`` of the
+        batch fail; reading again and retrying is then correct.
         """
         for attempt in range(attempts):
             current = self.save()
-            batch = build_batch(render(current), current)
+            batch = batch_for(current)
             if batch is None:
                 return False
             try:
@@ -170,12 +197,4 @@ class IPTables:
                 if attempt == attempts - 1:
                     raise
                 log.info("iptables batch raced with another writer; retrying")
-        return True
-
-    def remove_all(self, chains: Chains, hooks: list[Hook]) -> bool:
-        """Remove pynet's hooks and chains (uninstall); True if anything was there."""
-        batch = teardown_batch(chains, hooks, self.save())
-        if batch is None:
-            return False
-        self.restore(batch)
         return True

@@ -7,7 +7,8 @@ it; pynet only hooks one jump into each built-in chain.
 
 Deliberate differences from the built-in driver (README, "Differences"):
 * Published ports are done in the kernel (DNAT + hairpin + route_localnet), not by docker-proxy
-  processes, so the DNAT rules carry no ``! -i BR`` and there is no nat ``-i BR -j RETURN``.
+  processes, so the DNAT rules carry no ``! -i BR``, there is no nat ``-i BR -j RETURN``, and
+  ``-s 127.0.0.0/8 -o BR -j MASQUERADE`` gives host loopback connections a usable source.
 * Isolation lets DNATed connections through (``--ctstate DNAT -j RETURN``), which is how a
   container on another network reaches a published port via the host address without a proxy.
 * Internal networks' drops come before that exception: nothing leaves an internal network.
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 DOCKER_USER = "DOCKER-USER"
 DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"
 DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
+
+# Lets connections to a published port through isolation (the proxy's job in Docker).
+DNAT_EXCEPTION = "-m conntrack --ctstate DNAT -j RETURN"
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class Hook:
     table: str
     chain: str
     rule: str  # exactly as iptables-save prints it, without "-A CHAIN"
-    after: tuple[str, ...] = ()  # place right below the leading jumps to these chains
+    # Belongs in the chain's opening block of bare jumps, below the jumps to these chains.
+    after: tuple[str, ...] = ()
 
 
 @dataclass
@@ -104,18 +109,25 @@ def _proto(proto: str, port: int, direction: str = "--dport") -> str:
     return f"-p {proto} -m {proto} {direction} {port}"
 
 
-def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
-    """The FORWARD rules of one network, in the order the bridge driver leaves them."""
+def network_filter_rules(c: Chains, net: NetworkSpec) -> tuple[list[str], list[str]]:
+    """The FORWARD rules of one network: (its block, what goes at the end of the chain).
+
+    The order is the bridge driver's: it inserts a network's rules at the top but appends the
+    enable_icc=false DROP at the very end (reference §2.4). Each rule names the network's own
+    bridge, so the place changes nothing; keeping Docker's makes the two comparable line by
+    line.
+    """
     br = net.bridge
-    verdict = "ACCEPT" if net.icc else "DROP"
+    intra = [f"-i {br} -o {br} -j ACCEPT"] if net.icc else []
+    last = [] if net.icc else [f"-i {br} -o {br} -j DROP"]
     if net.internal:
-        return [f"-i {br} -o {br} -j {verdict}"]
+        return intra, last
     return [
         f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         f"-o {br} -j {c.ports}",
         f"-i {br} ! -o {br} -j ACCEPT",
-        f"-i {br} -o {br} -j {verdict}",
-    ]
+        *intra,
+    ], last
 
 
 def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]:
@@ -140,16 +152,21 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     ``docker_chains`` says whether dockerd's isolation chains exist; then pynet hooks into them
     so its networks and Docker's own are isolated from each other in both directions.
     """
+    # Only non-internal networks publish ports; with none, pynet's chains stay empty.
+    exception = [DNAT_EXCEPTION] if any(not net.internal for net in networks) else []
     forward: list[str] = []
+    appended: list[str] = []  # oldest network's first, as successive appends leave them
     iso1_internal: list[str] = []
     iso1: list[str] = []
-    iso2: list[str] = ["-m conntrack --ctstate DNAT -j RETURN"]
+    iso2: list[str] = list(exception)
     filter_ports: list[str] = []
     dnat: list[str] = []
     post: list[str] = []
     outbound = DOCKER_ISOLATION_2 if docker_chains else c.isolation2
     for net in networks:
-        forward += network_filter_rules(c, net)
+        block, last = network_filter_rules(c, net)
+        forward += block
+        appended[:0] = last
         br = net.bridge
         if net.internal:
             iso1_internal += [f"! -s {net.subnet} -o {br} -j DROP",
@@ -159,19 +176,26 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
         iso2.append(f"-o {br} -j DROP")
         if net.masquerade:
             post.append(f"-s {net.subnet} ! -o {br} -j MASQUERADE")
-        # Host-local sources (127.0.0.1 -> published port) need a routable source address.
-        post.append(f"-m addrtype --src-type LOCAL -o {br} -j MASQUERADE")
+        # Host 127.0.0.1 -> published port leaves on the bridge with a source the container
+        # cannot answer. Only loopback: a connection from another host address keeps its
+        # source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
+        post.append(f"-s 127.0.0.0/8 -o {br} -j MASQUERADE")
     for p in ports:
         accept, nat_dnat, nat_post = port_rules(c, p)
         filter_ports += accept
         dnat += nat_dnat
         post += nat_post
-    if not docker_chains:
+    # Two host bindings of one container port (-p 80 twice, on two host addresses) need the
+    # same ACCEPT and hairpin rule; like Docker, keep one of each.
+    filter_ports = list(dict.fromkeys(filter_ports))
+    post = list(dict.fromkeys(post))
+    forward += appended
+    if networks and not docker_chains:
         forward.insert(0, f"-j {c.isolation1}")
     rules = RuleSet()
     rules.chains["filter"] = {
         c.forward: forward,
-        c.isolation1: iso1_internal + ["-m conntrack --ctstate DNAT -j RETURN"] + iso1,
+        c.isolation1: iso1_internal + exception + iso1,
         c.isolation2: iso2,
         c.ports: filter_ports,
     }

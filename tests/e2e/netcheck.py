@@ -1,0 +1,233 @@
+"""Connectivity probes between the host, containers and an "outside" host, from the test process.
+
+A probe opens its socket inside the network namespace it starts from (``setns`` on the calling
+thread only, just for the ``socket()`` call: a socket stays in the namespace it was made in), so
+one pytest process can test from the host, from every container and from the outside namespace
+in parallel, without ``docker exec`` round trips through a busy dockerd.
+
+Every server answers with the address the connection came from, so a probe tells not only
+whether a path works but also whether the source was masqueraded on the way. In containers that
+server is busybox ``httpd`` (its CGI sees ``REMOTE_ADDR``); busybox has no UDP server, so UDP and
+the outside host's servers are ``PeerServer`` threads here.
+"""
+
+import ctypes
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tests.helpers import run
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# busybox httpd on 80 and 9000; /cgi-bin/ip prints the client's address.
+SERVER = ("sh", "-c",
+          "mkdir -p /www/cgi-bin && "
+          "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' "
+          "> /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && "
+          "httpd -p 9000 -h /www && exec httpd -f -p 80 -h /www")
+REQUEST = b"GET /cgi-bin/ip HTTP/1.0\r\n\r\n"
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
+
+
+@contextmanager
+def in_netns(path: str | None) -> Iterator[None]:
+    """Run the body on this thread inside the network namespace at ``path`` (None: the host)."""
+    if path is None:
+        yield
+        return
+    with open("/proc/thread-self/ns/net") as home, open(path) as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
+def ns_socket(path: str | None, kind: int) -> socket.socket:
+    """An IPv4 socket that lives in the namespace at ``path``."""
+    with in_netns(path):
+        return socket.socket(socket.AF_INET, kind)
+
+
+def _source(answer: bytes) -> str:
+    """The client address a server reported (httpd writes ``[::ffff:a.b.c.d]``)."""
+    lines = [line.strip() for line in answer.decode(errors="replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    last = last.strip("[]")
+    if last.startswith("::ffff:"):
+        last = last[len("::ffff:"):]
+    try:
+        return str(ipaddress.IPv4Address(last))
+    except ValueError:
+        return f"?{last[:40]}"
+
+
+def _failure(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    return errno.errorcode.get(exc.errno or 0, str(exc)).lower()
+
+
+def probe_tcp(ns: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
+    """Connect from ``ns`` to ``ip:port``: ``ok <source seen>``, ``refused``, ``timeout``..."""
+    sock = ns_socket(ns, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((ip, port))
+        sock.sendall(REQUEST)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except OSError as exc:
+        return _failure(exc)
+    finally:
+        sock.close()
+    return f"ok {_source(answer)}"
+
+
+def probe_udp(ns: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
+    """One datagram from ``ns`` to ``ip:port`` (resent a few times): ``ok <source seen>``..."""
+    sock = ns_socket(ns, socket.SOCK_DGRAM)
+    deadline = time.monotonic() + timeout
+    try:
+        sock.connect((ip, port))
+        while True:
+            sock.send(b"ping")
+            sock.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+            try:
+                return f"ok {_source(sock.recv(4096))}"
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return "timeout"
+    except OSError as exc:
+        return _failure(exc)
+    finally:
+        sock.close()
+
+
+def probe(ns: str | None, ip: str, port: int, proto: str = "tcp", timeout: float = 2.0) -> str:
+    """A TCP or UDP probe; a timeout is tried once more, so a busy host is not a closed path."""
+    check = probe_tcp if proto == "tcp" else probe_udp
+    result = check(ns, ip, port, timeout)
+    if result == "timeout":
+        result = check(ns, ip, port, timeout)
+    return result
+
+
+class PeerServer:
+    """Answers every TCP connection or UDP datagram on ``ip:port`` in ``ns`` with its source."""
+
+    def __init__(self, ns: str | None, ip: str, port: int, proto: str = "tcp") -> None:
+        self.proto = proto
+        self._stop = threading.Event()
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        self._sock = ns_socket(ns, kind)
+        try:
+            self._sock.bind((ip, port))
+            if proto == "tcp":
+                self._sock.listen(64)
+        except OSError:
+            self._sock.close()
+            raise
+        self._sock.settimeout(0.2)
+        serve = self._serve_tcp if proto == "tcp" else self._serve_udp
+        self._thread = threading.Thread(target=serve, name=f"peer-{proto}-{port}", daemon=True)
+        self._thread.start()
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn, peer[0]), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket, peer: str) -> None:
+        with conn:
+            conn.settimeout(2)
+            try:
+                conn.recv(4096)  # read the request so closing sends FIN, not RST
+                conn.sendall(f"{peer}\n".encode())
+            except OSError:
+                pass
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                _, peer = self._sock.recvfrom(4096)
+                self._sock.sendto(f"{peer[0]}\n".encode(), peer)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop serving and release the socket (it pins its namespace while open)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+class Outside:
+    """A host outside Docker's world: a namespace joined to the host by a veth pair.
+
+    The namespace routes the test subnet pool via the host end, like a machine on the LAN whose
+    router is this host; the host already forwards (dockerd set ``ip_forward``).
+    """
+
+    def __init__(self, subnet: ipaddress.IPv4Network, pool: ipaddress.IPv4Network) -> None:
+        tag = secrets.token_hex(3)
+        self.name = f"pt-out-{tag}"
+        self.host_end = f"pto{tag}"
+        self.ns_end = f"pti{tag}"
+        self.subnet = subnet
+        self.pool = pool
+        self.host_ip = str(subnet[1])  # "the host's address" for every probe
+        self.ip = str(subnet[2])
+
+    @property
+    def ns(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def create(self) -> None:
+        """Build the namespace, the veth pair, addresses and the route to the containers."""
+        prefix = self.subnet.prefixlen
+        run(["ip", "netns", "add", self.name])
+        run(["ip", "link", "add", self.host_end, "type", "veth", "peer", "name", self.ns_end,
+             "netns", self.name])
+        run(["ip", "addr", "add", f"{self.host_ip}/{prefix}", "dev", self.host_end])
+        run(["ip", "link", "set", self.host_end, "up"])
+        run(["ip", "-n", self.name, "link", "set", "lo", "up"])
+        run(["ip", "-n", self.name, "addr", "add", f"{self.ip}/{prefix}", "dev", self.ns_end])
+        run(["ip", "-n", self.name, "link", "set", self.ns_end, "up"])
+        run(["ip", "-n", self.name, "route", "add", str(self.pool), "via", self.host_ip])
+
+    def destroy(self) -> None:
+        """Remove the veth pair and the namespace; safe on a half-built one."""
+        run(["ip", "link", "del", self.host_end], check=False)
+        run(["ip", "netns", "del", self.name], check=False)
+
+
+def container_ns(pid: int) -> str:
+    """The network namespace of a container's process."""
+    return f"/proc/{pid}/ns/net"

@@ -1,0 +1,216 @@
+"""iptables rules of one scenario, normalized so Docker's bridge driver and pynet compare.
+
+Both drivers' rules are reduced to the same vocabulary: names, addresses and ephemeral ports
+become tokens (``br:n0``, ``sub:n0``, ``c0@n0``, ``EPH``), and Docker's chains and pynet's own
+chains map onto the same chain tokens (``FORWARD``, ``PORTS``, ``ISO1``, ``ISO2``, ``DNAT``,
+``POSTROUTING``). Docker keeps every network's rules in shared chains, so only its rules that
+mention one of the scenario's names or addresses are taken; pynet's chains hold nothing else.
+"""
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from plugin.firewall.iptables import Dump, parse_save
+
+# Docker's chains -> chain tokens.
+DOCKER_CHAINS = {
+    ("filter", "FORWARD"): "FORWARD",
+    ("filter", "DOCKER"): "PORTS",
+    ("filter", "DOCKER-ISOLATION-STAGE-1"): "ISO1",
+    ("filter", "DOCKER-ISOLATION-STAGE-2"): "ISO2",
+    ("nat", "DOCKER"): "DNAT",
+    ("nat", "POSTROUTING"): "POSTROUTING",
+}
+# Order is meaningful only in FORWARD; Docker appends port rules in random binding order and
+# inserts isolation and masquerade rules at the top, where their order decides nothing.
+ORDERED = {"FORWARD"}
+EPHEMERAL = range(32768, 61000)  # ip_local_port_range on this host
+
+
+def pynet_chains(prefix: str) -> dict[tuple[str, str], str]:
+    """pynet's chains (instance prefix ``prefix``) -> chain tokens."""
+    return {
+        ("filter", f"{prefix}-FORWARD"): "FORWARD",
+        ("filter", f"{prefix}-PORTS"): "PORTS",
+        ("filter", f"{prefix}-ISOLATION-1"): "ISO1",
+        ("filter", f"{prefix}-ISOLATION-2"): "ISO2",
+        ("nat", f"{prefix}-DNAT"): "DNAT",
+        ("nat", f"{prefix}-POSTROUTING"): "POSTROUTING",
+    }
+
+
+def _targets(chains: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+    """Jump targets to rename inside rules: a chain's own name -> its token, per table."""
+    found = dict(chains)
+    found.pop(("filter", "FORWARD"), None)  # never a jump target
+    found.pop(("nat", "POSTROUTING"), None)
+    found[("filter", "DOCKER-ISOLATION-STAGE-2")] = "ISO2"  # pynet's outbound isolation
+    return found
+
+
+@dataclass
+class Tokens:
+    """Literal names and addresses -> tokens; matched only as whole words.
+
+    Only literals that ``identify`` the scenario decide whether a Docker rule belongs to it:
+    127.0.0.1 gets a token but appears in other people's rules too.
+    """
+
+    names: dict[str, str] = field(default_factory=dict)
+    identifying: set[str] = field(default_factory=set)
+
+    def add(self, literal: str, token: str, identifies: bool = True) -> None:
+        self.names[literal] = token
+        if identifies:
+            self.identifying.add(literal)
+
+    @staticmethod
+    def _pattern(literals: Iterable[str]) -> re.Pattern[str] | None:
+        alternatives = sorted(literals, key=len, reverse=True)
+        if not alternatives:
+            return None
+        body = "|".join(re.escape(a) for a in alternatives)
+        return re.compile(rf"(?<![\w.-])({body})(?![\w-])")
+
+    def mentions(self, text: str) -> bool:
+        """True if ``text`` names anything this scenario made."""
+        pattern = self._pattern(self.identifying)
+        return pattern is not None and pattern.search(text) is not None
+
+    def apply(self, text: str) -> str:
+        """``text`` with every literal replaced by its token and ephemeral ports by ``EPH``."""
+        pattern = self._pattern(self.names)
+        if pattern is not None:
+            text = pattern.sub(lambda m: self.names[m.group(1)], text)
+        return re.sub(r"--dport (\d+)",
+                      lambda m: "--dport EPH" if int(m.group(1)) in EPHEMERAL else m.group(0),
+                      text)
+
+
+def _rename_targets(rule: str, table: str, targets: dict[tuple[str, str], str]) -> str:
+    def rename(m: re.Match[str]) -> str:
+        return f"{m.group(1)} {targets.get((table, m.group(2)), m.group(2))}"
+    return re.sub(r"(-[jg]) (\S+)", rename, rule)
+
+
+def normalize(dump: Dump, chains: dict[tuple[str, str], str], tokens: Tokens,
+              only_mentions: bool) -> dict[str, list[str]]:
+    """The rules of ``chains`` in ``dump`` as ``{chain token: [normalized rule, ...]}``.
+
+    ``only_mentions`` keeps just the rules naming something in ``tokens`` (Docker's shared
+    chains); otherwise every rule of the chains is the scenario's (pynet's own chains).
+    """
+    targets = _targets(chains)
+    out: dict[str, list[str]] = {token: [] for token in sorted(set(chains.values()))}
+    for (table, chain), token in chains.items():
+        for rule in dump.chain(table, chain) or []:
+            if only_mentions and not tokens.mentions(rule):
+                continue
+            out[token].append(tokens.apply(_rename_targets(rule, table, targets)))
+    return {token: rules if token in ORDERED else sorted(rules) for token, rules in out.items()}
+
+
+def scenario_rules(save_text: str, tokens: Tokens,
+                   pynet_prefix: str | None) -> dict[str, list[str]]:
+    """Normalized rules of a scenario run with Docker's driver (prefix None) or pynet's."""
+    dump = parse_save(save_text)
+    if pynet_prefix is None:
+        return normalize(dump, DOCKER_CHAINS, tokens, only_mentions=True)
+    return normalize(dump, pynet_chains(pynet_prefix), tokens, only_mentions=False)
+
+
+def host_port(save_text: str, table_chain: tuple[str, str], destination: str,
+              proto: str) -> int | None:
+    """The host port of the DNAT rule that sends ``proto`` traffic to ``destination``."""
+    for rule in parse_save(save_text).chain(*table_chain) or []:
+        if rule.endswith(f"-j DNAT --to-destination {destination}") and f"-p {proto} " in rule:
+            found = re.search(r"--dport (\d+)", rule)
+            return int(found.group(1)) if found else None
+    return None
+
+
+def hook_problems(save_text: str, prefix: str) -> list[str]:
+    """How pynet's jumps into its chains are missing, duplicated or misplaced (none: fine).
+
+    The FORWARD jump must sit in the block of bare jumps that opens FORWARD, below dockerd's
+    DOCKER-USER and DOCKER-ISOLATION-STAGE-1 jumps and so above every network's rules; the
+    isolation jumps must come before their chain's RETURN; the nat jumps must exist once.
+    """
+    dump = parse_save(save_text)
+    problems: list[str] = []
+
+    def once(table: str, chain: str, rule: str) -> int | None:
+        rules = dump.chain(table, chain) or []
+        if rules.count(rule) != 1:
+            problems.append(f"{table} {chain}: {rules.count(rule)} x '{rule}'")
+            return None
+        return rules.index(rule)
+
+    forward = dump.chain("filter", "FORWARD") or []
+    at = once("filter", "FORWARD", f"-j {prefix}-FORWARD")
+    if at is not None:
+        above = forward[:at]
+        if any(len(r.split()) != 2 for r in above):
+            problems.append(f"filter FORWARD: rules above pynet's jump: {above}")
+        for jump in ("-j DOCKER-USER", "-j DOCKER-ISOLATION-STAGE-1"):
+            if jump in forward and jump not in above:
+                problems.append(f"filter FORWARD: pynet's jump is above '{jump}'")
+    for stage, mine in (("DOCKER-ISOLATION-STAGE-1", "ISOLATION-1"),
+                        ("DOCKER-ISOLATION-STAGE-2", "ISOLATION-2")):
+        rules = dump.chain("filter", stage)
+        if rules is None:
+            continue
+        at = once("filter", stage, f"-j {prefix}-{mine}")
+        if at is not None and "-j RETURN" in rules[:at]:
+            problems.append(f"filter {stage}: pynet's jump is below -j RETURN")
+    once("nat", "PREROUTING", f"-m addrtype --dst-type LOCAL -j {prefix}-DNAT")
+    once("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {prefix}-DNAT")
+    once("nat", "POSTROUTING", f"-j {prefix}-POSTROUTING")
+    return problems
+
+
+# Chains and targets that exist whoever else uses the host; anything else names someone's own.
+COMMON_CHAINS = {"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING", "DOCKER",
+                 "DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"}
+TARGETS = {"ACCEPT", "DROP", "RETURN", "REJECT", "MASQUERADE", "DNAT", "SNAT", "LOG",
+           "CHECKSUM", "MARK", "CONNMARK"}
+
+
+def canonical(save_text: str) -> Counter[str]:
+    """iptables-save as a multiset of ``<table> <line>``, without counters and comments."""
+    lines: Counter[str] = Counter()
+    table = ""
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            lines[f"{table} {line.split(' [')[0]}"] += 1
+        elif line.startswith("-A "):
+            lines[f"{table} {line}"] += 1
+    return lines
+
+
+def changes(before: Counter[str], after: Counter[str]) -> list[str]:
+    """Lines added (``+``) and removed (``-``) between two canonical dumps."""
+    return ([f"+ {line}" for line in sorted((after - before).elements())]
+            + [f"- {line}" for line in sorted((before - after).elements())])
+
+
+def someone_elses(change: str) -> bool:
+    """A changed line that names a chain, an interface or an address of someone else's.
+
+    Meant for lines already known not to mention anything of the test's: other developers'
+    networks come and go on the same host while a test runs.
+    """
+    words = change.split()[2:]  # drop "+"/"-" and the table
+    if words[0].startswith(":"):
+        return words[0][1:] not in COMMON_CHAINS
+    if words[1] not in COMMON_CHAINS:
+        return True
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag in ("-i", "-o") or (flag in ("-j", "-g") and
+                                    value not in COMMON_CHAINS | TARGETS):
+            return True
+    return re.search(r"\d+\.\d+\.\d+\.\d+", change) is not None

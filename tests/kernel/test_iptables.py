@@ -1,0 +1,99 @@
+"""A rendered rule set in the host's real tables: exact text, idempotence, uninstall.
+
+Runs against the live filter and nat tables (dockerd's too, if it runs), under a throwaway
+chain prefix and bridge names no interface has, so its rules match no packet; whatever a
+failure leaves is removed by the fixture.
+"""
+
+import ipaddress
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from plugin.firewall.iptables import Dump, IPTables, build_batch
+from plugin.firewall.rules import (
+    DOCKER_ISOLATION_1,
+    DOCKER_ISOLATION_2,
+    Chains,
+    NetworkSpec,
+    PortSpec,
+    RuleSet,
+    hooks,
+    render,
+)
+from tests.helpers import PYNET, Subnets, iptables_save, run
+
+
+@dataclass
+class Throwaway:
+    """A prefix and the specs of two networks that exist only as rules."""
+
+    name: str  # a valid pynet instance name; its chains are NAME.upper()-*
+    chains: Chains
+    networks: list[NetworkSpec]
+    ports: list[PortSpec]
+
+    def rules(self, current: Dump, ports: bool = True) -> RuleSet:
+        docker = all(current.chain("filter", c) is not None
+                     for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
+        return render(self.chains, self.networks, self.ports if ports else [], docker)
+
+
+@pytest.fixture
+def throwaway() -> Iterator[Throwaway]:
+    tag = secrets.token_hex(3)
+    name = f"pnkt{tag}"
+    subnets = Subnets()
+    plain, internal = subnets.take(), subnets.take()
+    ip = plain[2]
+    found = Throwaway(
+        name, Chains(name.upper()),
+        [NetworkSpec(f"pnkt{tag}b", internal, internal=True),
+         NetworkSpec(f"pnkt{tag}a", plain, icc=False)],
+        [PortSpec(f"pnkt{tag}a", ip, "tcp", 80, None, 18977, icc=False),
+         PortSpec(f"pnkt{tag}a", ip, "udp", 53, ipaddress.IPv4Address("127.0.0.1"), 18978,
+                  icc=False)])
+    yield found
+    IPTables().remove_all(found.chains, hooks(found.chains, True))
+
+
+def mentions(prefix: str) -> list[str]:
+    return [line for line in iptables_save().splitlines() if prefix in line]
+
+
+def test_apply_writes_exactly_the_rendered_rules_and_is_idempotent(throwaway: Throwaway) -> None:
+    ipt = IPTables()
+    assert ipt.apply(throwaway.rules) is True
+    current = ipt.save()
+    wanted = throwaway.rules(current)
+    for table, chains in wanted.chains.items():
+        for chain, rules in chains.items():
+            assert current.chain(table, chain) == rules, f"{table} {chain} as the kernel has it"
+    for hook in wanted.hooks:
+        assert (current.chain(hook.table, hook.chain) or []).count(hook.rule) == 1
+    # The kernel prints every rule as rendered, so the steady state costs no write.
+    assert build_batch(wanted, current) is None
+    assert ipt.apply(throwaway.rules) is False
+
+
+def test_a_change_rewrites_it_and_converges_again(throwaway: Throwaway) -> None:
+    ipt = IPTables()
+    ipt.apply(throwaway.rules)
+    assert ipt.apply(lambda d: throwaway.rules(d, ports=False)) is True
+    assert not [line for line in mentions(throwaway.chains.prefix) if "DNAT --to" in line]
+    assert ipt.apply(lambda d: throwaway.rules(d, ports=False)) is False
+
+
+def test_uninstall_removes_every_chain_and_hook(throwaway: Throwaway) -> None:
+    IPTables().apply(throwaway.rules)
+    assert mentions(throwaway.chains.prefix)
+    with tempfile.TemporaryDirectory() as state:
+        done = run([PYNET, "--name", throwaway.name, "--state-dir", state, "uninstall"])
+        assert "removed" in done.stdout
+        left = mentions(throwaway.chains.prefix)
+        assert not left, "left behind after uninstall:\n" + "\n".join(left)
+        again = run([PYNET, "--name", throwaway.name, "--state-dir", state, "uninstall"])
+        assert "nothing to remove" in again.stdout

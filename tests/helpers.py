@@ -204,26 +204,34 @@ def new_instance(env: dict[str, str] | None = None) -> Instance:
 def purge_instance(inst: Instance) -> list[str]:
     """Remove everything an instance made: containers, networks, links, chains, state.
 
-    Returns what was found left over, so the caller can assert the tests cleaned up.
+    Returns what was found left over, so the caller can assert the tests cleaned up. Another
+    test may be restarting dockerd right now, so wait for it rather than fail half-way.
     """
     leftovers: list[str] = []
-    nets = docker("network", "ls", "-q", "--filter", f"driver={inst.name}").stdout.split()
-    for net in nets:
-        users = docker("network", "inspect", net, "--format",
-                       "{{range $k, $v := .Containers}}{{$k}} {{end}}").stdout.split()
-        for cid in users:
-            leftovers.append(f"container {cid[:12]}")
-            docker("rm", "-f", cid, check=False)
-        leftovers.append(f"network {net[:12]}")
-        docker("network", "rm", net, check=False)
-    inst.stop()
-    alias = f"pynet:{inst.name}:"
-    for item in links():
-        if item.get("ifalias", "").startswith(alias):
-            leftovers.append(f"link {item['ifname']}")
-            run(["ip", "link", "del", item["ifname"]], check=False)
-    run(inst.argv("uninstall"), check=False)
-    shutil.rmtree(inst.state_dir, ignore_errors=True)
+    try:
+        wait_for("dockerd to answer", docker_ok, timeout=90, interval=0.5)
+        nets = docker("network", "ls", "-q", "--filter", f"driver={inst.name}").stdout.split()
+        for net in nets:
+            users = docker("network", "inspect", net, "--format",
+                           "{{range $k, $v := .Containers}}{{$k}} {{end}}",
+                           check=False).stdout.split()
+            for cid in users:
+                leftovers.append(f"container {cid[:12]}")
+                docker("rm", "-f", cid, check=False)
+            leftovers.append(f"network {net[:12]}")
+            docker("network", "rm", net, check=False)
+    finally:
+        inst.stop()
+        alias = f"pynet:{inst.name}:"
+        for item in links():
+            if item.get("ifalias", "").startswith(alias):
+                leftovers.append(f"link {item['ifname']}")
+                run(["ip", "link", "del", item["ifname"]], check=False)
+        # With its records gone the instance has no network left, so uninstall removes its
+        # chains and jumps whatever the tests left in them.
+        shutil.rmtree(inst.state_dir, ignore_errors=True)
+        run(inst.argv("uninstall"), check=False)
+        shutil.rmtree(inst.state_dir, ignore_errors=True)
     if not leftovers:
         Path(inst.log_path).unlink(missing_ok=True)  # kept only when something went wrong
     return leftovers

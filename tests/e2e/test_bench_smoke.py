@@ -1,0 +1,50 @@
+"""``scripts/bench.py --smoke`` still runs end to end and reports every figure.
+
+Targets are not asserted: a tiny run on a shared machine says nothing about speed. What this
+pins down is that the benchmark does not rot: it completes against the real dockerd, cleans up,
+and prints each figure with numbers (a pynet/bridge ratio where bridge has a counterpart).
+"""
+
+import json
+from pathlib import Path
+
+from tests.helpers import REPO, VENV_BIN, run
+
+# Every figure the issue asks for; the key is the JSON key, the label starts the table row.
+COMPARED = {
+    "net_create": "network create", "net_rm": "network rm",
+    "run": "container run", "rm": "container rm",
+    "connect": "network connect", "disconnect": "network disconnect",
+    "ttp": "docker run until ping answers", "ports": "run+rm with 2 published ports",
+    "slope_create": "growth: network create slope", "slope_run": "growth: container run slope",
+    "tput_c2c": "TCP throughput container→container", "rtt_c2c": "ping RTT container→container",
+    "tput_pub": "TCP throughput host→published port", "rtt_pub": "TCP RTT host→published port",
+}
+PYNET_ONLY = {"rss": "pynet worker RSS", "p50": "pynet handler latency p50",
+              "p99": "pynet handler latency p99"}
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of the figures table's body rows."""
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith("| ")]
+    return [r for r in rows if len(r) == 6 and r[0] != "figure"]
+
+
+def test_bench_smoke_reports_every_figure_with_numbers(dockerd: None, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = run([str(VENV_BIN / "python"), str(REPO / "scripts" / "bench.py"), "--smoke",
+                "--json", str(out)], timeout=240)
+    rows = table_rows(done.stdout)
+    for key, label in {**COMPARED, **PYNET_ONLY}.items():
+        matching = [r for r in rows if r[0].startswith(label)]
+        assert matching, f"no table row for {key} ({label!r}) in:\n{done.stdout}"
+        for row in matching:
+            float(row[2])  # pynet's figure is a number
+            if key in COMPARED:
+                float(row[1])
+                float(row[3].rstrip("×"))  # the pynet/bridge ratio is a number
+            assert row[5] in ("PASS", "MISS", "info"), row
+    report = json.loads(out.read_text())
+    assert {r["key"] for r in report["rows"]} >= COMPARED.keys() | PYNET_ONLY.keys()
+    assert report["leftovers"] == []

@@ -47,11 +47,19 @@ def mac_from_ipv4(address: ipaddress.IPv4Address) -> str:
 class Netlink:
     """One rtnetlink socket; calls are serialised because a pyroute2 socket is not thread-safe."""
 
+    # pyroute2 0.9 leaves one unread message per request in an internal queue (about 1 KiB
+    # a call, measured); a long-running plugin reopens its socket before that adds up.
+    REOPEN_AFTER_CALLS = 500
+
     def __init__(self, netns: str | None = None) -> None:
         # ``netns`` lets kernel tests work in a throwaway namespace; the plugin uses the host's.
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
         self._netns = netns
+        self._ipr = self._open()
+        self._calls = 0
         self._lock = threading.Lock()
+
+    def _open(self) -> IPRoute:
+        return IPRoute(netns=self._netns) if self._netns else IPRoute()
 
     def close(self) -> None:
         """Release the netlink socket."""
@@ -60,6 +68,11 @@ class Netlink:
     def _call(self, what: str, method: str, *args: object, tolerate: tuple[int, ...] = (),
               **kwargs: object) -> object:
         with self._lock:
+            self._calls += 1
+            if self._calls > self.REOPEN_AFTER_CALLS:
+                self._ipr.close()
+                self._ipr = self._open()
+                self._calls = 0
             try:
                 return getattr(self._ipr, method)(*args, **kwargs)
             except NetlinkError as exc:
@@ -123,6 +136,14 @@ class Netlink:
         self._call(f"removing {address} from {name}", "addr", "del", index=link.index,
                    address=str(address.ip), prefixlen=address.network.prefixlen,
                    tolerate=(errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH))
+
+    def all_addresses(self) -> dict[int, set[Interface]]:
+        """Every address in the namespace by link index: one dump, however many links."""
+        found: dict[int, set[Interface]] = {}
+        for m in self._call("reading addresses", "get_addr"):
+            found.setdefault(m["index"], set()).add(
+                ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"))
+        return found
 
     def addresses(self, name: str) -> set[Interface]:
         """The addresses on link ``name`` (empty if it does not exist)."""

@@ -10,6 +10,7 @@ beside dockerd's. Detection never runs ``iptables-legacy`` on an nft host, which
 legacy tables that stay until reboot (reference P9).
 """
 
+import difflib
 import logging
 import os
 import subprocess
@@ -102,24 +103,50 @@ def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
     return fix + [f"-I {hook.chain} {target + 1} {hook.rule}"]
 
 
+def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
+    """Positional inserts and deletes that turn ``old`` into ``new``.
+
+    With the nft backend a restore that only adds rules costs ~2 ms, while any deletion (a
+    flush included) costs ~15 ms, so a network create must not rewrite chains it only extends.
+    """
+    edits: list[str] = []
+    pos = 0  # index into the list as the edits so far have left it
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            pos += i2 - i1
+            continue
+        edits += [f"-D {chain} {pos + 1}"] * (i2 - i1)
+        for rule in new[j1:j2]:
+            edits.append(f"-I {chain} {pos + 1} {rule}")
+            pos += 1
+    return edits
+
+
 def build_batch(rules: RuleSet, current: Dump) -> str | None:
     """The restore input that turns ``current`` into ``rules``; None if nothing differs."""
     out: list[str] = []
     for table in TABLES:
+        declare: list[str] = []
         lines: list[str] = []
-        changed = {chain: wanted for chain, wanted in rules.chains.get(table, {}).items()
-                   if current.chain(table, chain) != wanted}
-        # Declare first (with --noflush: create, or flush), so a rule may jump to any of them.
-        lines += [f":{chain} - [0:0]" for chain in changed]
-        lines += [f"-A {chain} {r}" for chain, wanted in changed.items() for r in wanted]
+        for chain, wanted in rules.chains.get(table, {}).items():
+            existing = current.chain(table, chain)
+            if existing == wanted:
+                continue
+            if existing is None:
+                # Declared first (with --noflush: create) so any rule may jump to it.
+                declare.append(f":{chain} - [0:0]")
+                lines += [f"-A {chain} {r}" for r in wanted]
+            else:
+                lines += chain_edits(chain, existing, wanted)
         for hook in rules.hooks:
             if hook.table != table:
                 continue
             existing = current.chain(table, hook.chain)
             if existing is not None:
                 lines += hook_fix(hook, existing)
-        if lines:
-            out += [f"*{table}", *lines, "COMMIT"]
+        if declare or lines:
+            out += [f"*{table}", *declare, *lines, "COMMIT"]
     return "\n".join(out) + "\n" if out else None
 
 

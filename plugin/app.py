@@ -12,30 +12,63 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from plugin import protocol
 from plugin.driver import Driver
 from plugin.errors import InvalidRequest, PynetError
+from plugin.faults import checkpoint
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 1 << 20  # dockerd's largest bodies are a few KiB; refuse anything absurd
+# dockerd shows Err verbatim and pynet logs it: a hostile request must not make either huge.
+MAX_ERR = 1000
+# Calls dockerd sends without a body; every other call names its network at least.
+BODYLESS = frozenset({"GetCapabilities"})
 
 
 def _reply(payload: dict[str, Any], status: int = 200) -> Response:
+    err = payload.get("Err")
+    if isinstance(err, str) and len(err) > MAX_ERR:
+        payload = {**payload, "Err": err[:MAX_ERR] + "... (truncated)"}
     return Response(json.dumps(payload), status=status, mimetype=CONTENT_TYPE)
 
 
-def _body() -> Any:
-    raw = request.get_data(cache=False)
+def _read_body() -> bytes:
+    """The body, at most MAX_BODY bytes: MAX_CONTENT_LENGTH refuses a declared length that is
+    too long, but a chunked body has none and would otherwise be read whole into memory."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := request.stream.read(65536):  # a read may return less than asked
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RequestEntityTooLarge(f"pynet takes request bodies of at most {MAX_BODY} "
+                                        "bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body(method: str, driver: Driver | None = None) -> Any:
+    raw = _read_body()
     if not raw.strip():
-        return {}
+        if method in BODYLESS:
+            return {}
+        # dockerd's plugin client re-sends a call whose connection broke (pynet restarted
+        # mid-call) with the body already consumed. pynet rolls the first attempt back at
+        # start, so the honest answer is: nothing was done, run the command again - once that
+        # start-up repair is over, since the user acts on this answer.
+        if driver is not None:
+            driver.ready.wait(driver.settings.call_deadline)
+        raise InvalidRequest(f"NetworkDriver.{method} arrived without a body; dockerd sends "
+                             "that when it retries a call that pynet was restarted in the "
+                             "middle of. pynet undid the interrupted call: run the command again")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
 
 
 def _create_endpoint(d: Driver, body: Any) -> dict[str, Any]:
@@ -104,21 +137,25 @@ def create_app(driver: Driver) -> Flask:
         outcome = "ok"
         try:
             if method in STATELESS_CALLS:
-                return _reply(STATELESS_CALLS[method](_body()))
+                return _reply(STATELESS_CALLS[method](_body(method)))
             if method not in DRIVER_CALLS:
                 outcome = "unknown"
-                return _reply({"Err": f"unknown method NetworkDriver.{method}"}, 404)
-            body = _body()
+                return _reply({"Err": f"unknown method NetworkDriver.{method:.80}"}, 404)
+            checkpoint(f"received.{method}")  # as if pynet were down when the call came
+            body = _body(method, driver)
             with driver.locked():
                 return _reply(DRIVER_CALLS[method](driver, body))
         except PynetError as exc:
             outcome = f"refused: {exc}"
             return _reply({"Err": str(exc)})
+        except HTTPException as exc:  # e.g. a body over MAX_BODY; http_error answers it
+            outcome = f"refused: {exc.code} {exc.name}"
+            raise
         except Exception:
             outcome = "failed"
             raise
         finally:
-            log.info("%s %s %.1fms", method, outcome, (time.monotonic() - started) * 1000)
+            log.info("%.80s %.1000s %.1fms", method, outcome, (time.monotonic() - started) * 1000)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

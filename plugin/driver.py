@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from plugin.sysctl import Sysctl
 log = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"
+DOCKER_IPAM_SPACE = "LocalDefault"  # the address space of dockerd's built-in IPAM
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,19 @@ class Joined:
     gateway_v6: str | None
 
 
+_PARSED: dict[str, protocol.CreateNetwork] = {}
+
+
 def parse_network(record: NetworkRecord) -> protocol.CreateNetwork:
-    """The stored CreateNetwork request, parsed again (records keep the request verbatim)."""
-    return protocol.CreateNetwork.parse(record.request)
+    """The stored CreateNetwork request, parsed again (records keep the request verbatim).
+
+    Every firewall render reads every network, so parses are kept: a network id is never
+    reused, and its request never changes.
+    """
+    parsed = _PARSED.get(record.id)
+    if parsed is None:
+        parsed = _PARSED[record.id] = protocol.CreateNetwork.parse(record.request)
+    return parsed
 
 
 class Driver:
@@ -68,6 +80,7 @@ class Driver:
         self.chains = Chains(settings.chain_prefix)
         self.ready = threading.Event()
         self._lock = threading.RLock()
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -109,6 +122,7 @@ class Driver:
         if record is not None and record.state == READY:
             return  # dockerd retried a call that succeeded
         if record is None:
+            self._drop_superseded(req)
             link = self.netlink.get(bridge)
             if link is not None and link.kind != "bridge":
                 raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
@@ -129,6 +143,25 @@ class Driver:
             raise
         record.state = READY
         self.store.put_network(record)
+
+    def _drop_superseded(self, req: protocol.CreateNetwork) -> None:
+        """Remove networks dockerd must have deleted while pynet could not be told.
+
+        dockerd gives up on DeleteNetwork after ~15 s of retries when pynet is down, and drops
+        the network anyway. Its own IPAM never hands out overlapping pools, so a new pool that
+        overlaps a recorded one proves that network is gone; without this its bridge, routes,
+        rules and bridge name would stay taken for good."""
+        if req.ipv4.address_space != DOCKER_IPAM_SPACE:
+            return
+        for old in self.store.networks():
+            prev = parse_network(old).ipv4
+            if (old.id != req.network_id and old.state == READY
+                    and prev.address_space == DOCKER_IPAM_SPACE
+                    and prev.pool.overlaps(req.ipv4.pool)):
+                log.warning("removing network %s (%s): dockerd now gives its pool %s to network "
+                            "%s, so it was removed while pynet was down", old.id[:12],
+                            old.bridge, prev.pool, req.network_id[:12])
+                self.delete_network(protocol.NetworkRef(old.id))
 
     def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
         br = record.bridge
@@ -183,6 +216,7 @@ class Driver:
             self.netlink.delete(record.bridge)
         checkpoint("delete_network.bridge_deleted")
         self.store.delete_network(record.id)
+        _PARSED.pop(record.id, None)
 
     @staticmethod
     def _roll_back(undo: Callable[[Any], None], record: Any) -> None:
@@ -333,7 +367,16 @@ class Driver:
         self.store.put_endpoint(record)
         checkpoint("revoke_external.recorded")
         self.sync_firewall()
-        self.netlink.flush_conntrack(ipaddress.ip_interface(record.address).ip)
+        # Dumping the conntrack table costs ~100 ms on docker rm's path; the address cannot be
+        # handed out again before dockerd hears back, so the flush may trail the reply.
+        self._background.submit(self._flush_conntrack, ipaddress.ip_interface(record.address).ip)
+
+    def _flush_conntrack(self, address: ipaddress.IPv4Address) -> None:
+        try:
+            dropped = self.netlink.flush_conntrack(address)
+            log.debug("dropped %d conntrack entries of %s", dropped, address)
+        except Exception:
+            log.exception("flushing conntrack entries of %s failed", address)
 
     def _release_ports(self, record: EndpointRecord) -> None:
         for p in record.ports:

@@ -205,7 +205,7 @@ class Netlink:
         dropped = 0
         if self._netns:
             return 0  # conntrack tables are per namespace; tests in a throwaway one have none
-        with self._lock, Conntrack() as ct:
+        with Conntrack() as ct:  # its own socket: the rtnetlink lock is not needed
             for entry in list(ct.dump_entries()):
                 if address in (_ip(entry.tuple_orig.saddr), _ip(entry.tuple_orig.daddr),
                                _ip(entry.tuple_reply.saddr), _ip(entry.tuple_reply.daddr)):

@@ -12,9 +12,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.errors import InvalidRequest
-from plugin.options import NetworkOptions, parse_network_options
+from plugin.options import (
+    BRIDGE_NAME,
+    ENABLE_ICC,
+    ENABLE_IP_MASQUERADE,
+    HOST_BINDING_IPV4,
+    IFACE_PREFIX,
+    INHIBIT_IPV4,
+    MTU,
+    NetworkOptions,
+    parse_network_options,
+)
 
 _ID = re.compile(r"[0-9a-f]{64}")
+# Options whose values reach netlink, sysctl paths or iptables rules. No valid value of any of
+# them holds whitespace, quotes, ';', '%', backslashes or non-ASCII, so it is refused here,
+# whatever its parser would make of it (Python's int() accepts " 1400\n" and "١٤٠٠").
+_KERNEL_OPTIONS = (BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4,
+                   INHIBIT_IPV4, MTU, IFACE_PREFIX)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:+-]*")
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 PORTMAP = "com.docker.network.portmap"
@@ -47,11 +63,32 @@ def _id(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def _unscoped(value: str, name: str) -> str:
+    """Refuse IPv6 zone ids: ``ipaddress`` takes anything after '%' (spaces, quotes, ';'),
+    and no address dockerd sends has one."""
+    if "%" in value:
+        raise InvalidRequest(f"{name} {value!r:.80} has a zone id ('%...'); give a plain address")
+    return value
+
+
 def _interface(value: str, name: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     try:
-        return ipaddress.ip_interface(value)
+        return ipaddress.ip_interface(_unscoped(value, name))
     except ValueError:
         raise InvalidRequest(f"{name} {value!r:.80} is not an address in CIDR form") from None
+
+
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse values of kernel-facing options that no valid value looks like (see above)."""
+    generic = options.get("com.docker.network.generic")
+    if isinstance(generic, dict):
+        for key in _KERNEL_OPTIONS:
+            value = generic.get(key)
+            if isinstance(value, str) and not _PLAIN_VALUE.fullmatch(value):
+                raise InvalidRequest(f"option {key} has the value {value!r:.80}, which holds "
+                                     "characters no valid value has (whitespace, quotes, ';', "
+                                     "non-ASCII...); give a plain value")
+    return options
 
 
 @dataclass(frozen=True)
@@ -61,13 +98,14 @@ class IPAMData:
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
     aux_addresses: dict[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+    address_space: str = ""  # "LocalDefault": dockerd's own IPAM, which never overlaps pools
 
 
 def _ipam(entry: Any, version: int) -> IPAMData:
     entry = _object(entry, "an IPAM data entry")
     pool_text = _field(entry, "Pool", str)
     try:
-        pool = ipaddress.ip_network(pool_text)
+        pool = ipaddress.ip_network(_unscoped(pool_text, "Pool"))
     except ValueError:
         raise InvalidRequest(f"Pool {pool_text!r:.80} is not a network in CIDR form") from None
     if pool.version != version:
@@ -81,7 +119,8 @@ def _ipam(entry: Any, version: int) -> IPAMData:
         if not isinstance(text, str):
             raise InvalidRequest(f"aux address {key!r:.80} must be a string, got {text!r:.80}")
         aux[key] = _interface(text, f"aux address {key!r:.80}")
-    return IPAMData(pool=pool, gateway=gateway, aux_addresses=aux)
+    return IPAMData(pool=pool, gateway=gateway, aux_addresses=aux,
+                    address_space=_field(entry, "AddressSpace", str, ""))
 
 
 @dataclass(frozen=True)
@@ -99,7 +138,7 @@ class CreateNetwork:
         body = _object(body)
         network_id = _id(body, "NetworkID")
         raw_options = _field(body, "Options", dict, {})
-        options = parse_network_options(raw_options)
+        options = parse_network_options(_plain_options(raw_options))
         v4 = [_ipam(e, 4) for e in _field(body, "IPv4Data", list, [])]
         v6 = [_ipam(e, 6) for e in _field(body, "IPv6Data", list, [])]
         if len(v4) != 1:
@@ -174,7 +213,8 @@ def _binding(entry: Any) -> PortBinding:
     port = _port(entry, "Port", allow_zero=False)
     host_ip_text = _field(entry, "HostIP", str, "")
     try:
-        host_ip = ipaddress.ip_address(host_ip_text) if host_ip_text else None
+        host_ip = (ipaddress.ip_address(_unscoped(host_ip_text, "HostIP")) if host_ip_text
+                   else None)
     except ValueError:
         raise InvalidRequest(f"HostIP {host_ip_text!r:.80} is not an IP address") from None
     start = _port(entry, "HostPort", allow_zero=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from plugin.driver import Driver, parse_network
 from plugin.firewall.iptables import build_batch
-from plugin.netlink import Link
+from plugin.netlink import Interface, Link
 from plugin.store import READY, EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,20 @@ class Action:
 
 
 def plan(driver: Driver) -> list[Action]:
-    """Every repair the kernel needs to match the records, in a safe order."""
+    """Every repair the kernel needs to match the records, in a safe order.
+
+    It runs every few seconds under the driver's lock, so it reads the kernel in a fixed
+    number of dumps (links, addresses, rules), however many networks there are.
+    """
     store, netlink = driver.store, driver.netlink
     links = {link.name: link for link in netlink.links()}
+    addresses = netlink.all_addresses()
     actions: list[Action] = []
     endpoints = store.endpoints()
     networks = store.networks()
+    endpoints_of: dict[str, list[EndpointRecord]] = {}
+    for e in endpoints:
+        endpoints_of.setdefault(e.network_id, []).append(e)
     for e in endpoints:
         reason = _dead_endpoint(e, links)
         if reason:
@@ -49,7 +57,7 @@ def plan(driver: Driver) -> list[Action]:
                                   f"interrupted while {n.state}",
                                   _bind(driver.teardown_network, n)))
             continue
-        problem = _network_problem(driver, n, links.get(n.bridge))
+        problem = _network_problem(n, links, addresses, endpoints_of.get(n.id, []))
         if problem:
             actions.append(Action(f"restore network {n.id[:12]}: {problem}",
                                   _bind(_rebuild_network, driver, n)))
@@ -71,22 +79,42 @@ def _dead_endpoint(e: EndpointRecord, links: dict[str, Link]) -> str | None:
         return f"a call was interrupted while {e.state}"
     if e.host_veth not in links:
         return f"its veth {e.host_veth} is gone (container stopped or host rebooted)"
-    if e.peer_veth in links and time.time() - e.created > PEER_GRACE_SECONDS:
-        return f"its container end {e.peer_veth} is back on the host (container stopped)"
+    if e.peer_veth in links and (e.in_container or time.time() - e.created > PEER_GRACE_SECONDS):
+        return (f"its container end {e.peer_veth} is back on the host (the container stopped "
+                "while pynet could not be told)")
     return None
 
 
-def _network_problem(driver: Driver, n: NetworkRecord, link: Link | None) -> str | None:
+def note_in_container(driver: Driver) -> int:
+    """Mark endpoints whose container end has left the host namespace; return how many.
+
+    Without this, a container end found on the host is ambiguous for PEER_GRACE_SECONDS: not
+    yet moved in, or moved back out because the container stopped while pynet was down.
+    """
+    names = {link.name for link in driver.netlink.links()}
+    marked = 0
+    for e in driver.store.endpoints():
+        if (e.state == READY and not e.in_container and e.host_veth in names
+                and e.peer_veth not in names):
+            driver.store.mark_in_container(e.id)
+            marked += 1
+    return marked
+
+
+def _network_problem(n: NetworkRecord, links: dict[str, Link],
+                     addresses: dict[int, set[Interface]],
+                     endpoints: list[EndpointRecord]) -> str | None:
+    link = links.get(n.bridge)
     if link is None:
         return f"bridge {n.bridge} is missing"
     if not link.up:
         return f"bridge {n.bridge} is down"
     req = parse_network(n)
     if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
-        if req.ipv4.gateway not in driver.netlink.addresses(n.bridge):
+        if req.ipv4.gateway not in addresses.get(link.index, set()):
             return f"bridge {n.bridge} lacks its address {req.ipv4.gateway}"
-    for e in driver.store.endpoints(n.id):
-        veth = driver.netlink.get(e.host_veth)
+    for e in endpoints:
+        veth = links.get(e.host_veth)
         if veth is not None and veth.master != link.index:
             return f"veth {e.host_veth} is not on the bridge"
         if veth is not None and req.options.mtu and veth.mtu != req.options.mtu:
@@ -107,10 +135,29 @@ def _firewall_actions(driver: Driver) -> list[Action]:
     batch = build_batch(driver.rules(current), current)
     if batch is None:
         return []
-    changed = sum(1 for line in batch.splitlines() if line[:1] in (":", "-") and
-                  not line.startswith("-A "))
-    return [Action(f"repair iptables: {changed} chain or hook change(s)",
-                   driver.sync_firewall)]
+    return [Action(f"repair iptables: {describe_batch(batch)}", driver.sync_firewall)]
+
+
+def describe_batch(batch: str) -> str:
+    """Which chains a restore batch rewrites and which jumps it fixes, for the log."""
+    rewritten: list[str] = []
+    jumps: list[str] = []
+    table = ""
+    for line in batch.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            rewritten.append(f"{table} {line[1:].split()[0]}")
+        elif line.startswith(("-I ", "-D ")):
+            where = f"{table} {line.split()[1]}"
+            if where not in jumps:
+                jumps.append(where)
+    parts = []
+    if rewritten:
+        parts.append("rewrote chain(s) " + ", ".join(rewritten))
+    if jumps:
+        parts.append("fixed the jump(s) in " + ", ".join(jumps))
+    return "; ".join(parts) or "no change"
 
 
 def _bind(func: Callable[..., object], *args: object) -> Callable[[], object]:
@@ -119,6 +166,8 @@ def _bind(func: Callable[..., object], *args: object) -> Callable[[], object]:
 
 def run(driver: Driver, dry_run: bool = False) -> list[str]:
     """Plan and (unless ``dry_run``) apply; return the descriptions of the actions."""
+    if not dry_run:
+        note_in_container(driver)
     actions = plan(driver)
     for action in actions:
         if dry_run:

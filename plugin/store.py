@@ -7,8 +7,10 @@ start tells the reconciler exactly which half-done call to roll back or finish a
 """
 
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from plugin.errors import Conflict
+
+log = logging.getLogger(__name__)
 
 CREATING, READY, DELETING = "creating", "ready", "deleting"
 
@@ -72,6 +76,9 @@ class EndpointRecord:
     created: float = 0.0
     ports: list[PortRecord] = field(default_factory=list)
     state: str = CREATING
+    # Set once the reconciler saw the container end leave the host namespace: seeing it back
+    # there afterwards means the container stopped, with no grace period to wait out.
+    in_container: bool = False
 
 
 class Store:
@@ -79,6 +86,12 @@ class Store:
 
     def __init__(self, state_dir: str) -> None:
         Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(os.stat(state_dir).st_mode)
+        if mode & 0o077:
+            # Not chmod-ed: a mistaken PYNET_STATE_DIR=/tmp must not lock everyone out of /tmp.
+            # The files themselves are 0600 either way.
+            log.warning("state directory %s is mode %o; pynet keeps its records 0600, but "
+                        "make the directory 0700 (chmod 700 %s)", state_dir, mode, state_dir)
         path = Path(state_dir) / "pynet.db"
         old_umask = os.umask(0o177)  # the database and its journal: 0600
         try:
@@ -152,6 +165,13 @@ class Store:
                 "ON CONFLICT(id) DO UPDATE SET state=excluded.state, data=excluded.data",
                 (record.id, record.network_id, record.state, data),
             )
+
+    def mark_in_container(self, endpoint_id: str) -> None:
+        """Note that an endpoint's container end went into its container; one field only, so
+        a concurrent update of the record by a call (its ports) is never overwritten."""
+        with self._tx() as db:
+            db.execute("UPDATE endpoints SET data = json_set(data, '$.in_container', json('true'))"
+                       " WHERE id = ?", (endpoint_id,))
 
     def endpoint(self, endpoint_id: str) -> EndpointRecord | None:
         """The endpoint with this id, or None."""

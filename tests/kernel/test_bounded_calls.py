@@ -1,0 +1,114 @@
+"""Bounded calls: dockerd gives a v1 plugin call no timeout, so pynet must bound its own.
+
+A call that cannot get the driver (still restoring, or another call holding the lock) answers
+Busy within PYNET_CALL_DEADLINE; a wedged iptables (a stuck xtables lock, a hung nft) makes the
+call fail with an error naming iptables - neither hangs ``docker run``.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from plugin import reconcile
+from plugin.app import create_app
+from plugin.cli import build_driver
+from plugin.config import Settings
+from plugin.driver import Driver
+from plugin.firewall import iptables
+from tests.kernel.thread_netns import thread_in_netns
+
+DEADLINE = 1.0
+SLACK = 1.5  # scheduling on a loaded 2-core machine; far below any "hang"
+
+
+@dataclass
+class App:
+    client: FlaskClient
+    driver: Driver
+
+    def call(self, method: str, body: dict) -> tuple[dict, float]:
+        started = time.monotonic()
+        reply = self.client.post(f"/NetworkDriver.{method}", data=json.dumps(body))
+        return json.loads(reply.data), time.monotonic() - started
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    """The real app over a real driver, in a throwaway namespace, deadline 1 s."""
+    state = tempfile.mkdtemp(prefix="pynet-bounded-")
+    try:
+        with thread_in_netns("pnb"):
+            driver = build_driver(Settings(name=f"pynet-b{secrets.token_hex(3)}",
+                                           state_dir=state, call_deadline=DEADLINE))
+            yield App(create_app(driver).test_client(), driver)
+            driver.netlink.close()
+            driver.store.close()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def network(pool: str = "10.231.253.0/24") -> dict:
+    return {"NetworkID": secrets.token_hex(32),
+            "Options": {"com.docker.network.generic": {}},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool,
+                          "Gateway": pool.replace("0/24", "1/24")}], "IPv6Data": []}
+
+
+def test_call_before_restore_is_busy_within_the_deadline(app: App) -> None:
+    reply, took = app.call("CreateNetwork", network())
+    assert "still restoring" in reply["Err"] and DEADLINE <= took < DEADLINE + SLACK, (reply,
+                                                                                       took)
+
+
+def test_call_behind_a_stuck_call_is_busy_within_the_deadline(app: App) -> None:
+    app.driver.ready.set()
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_call() -> None:
+        with app.driver.exclusive():
+            held.set()
+            release.wait(30)
+    holder = threading.Thread(target=stuck_call, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(5)
+        reply, took = app.call("DeleteNetwork", {"NetworkID": "a" * 64})
+        assert "busy" in reply["Err"] and DEADLINE <= took < DEADLINE + SLACK, (reply, took)
+    finally:
+        release.set()
+        holder.join(5)
+    reply, _ = app.call("DeleteNetwork", {"NetworkID": "a" * 64})
+    assert reply == {}, "the lock must be usable again once the stuck call ends"
+
+
+@pytest.mark.parametrize("tool", ["save", "restore"])
+def test_wedged_iptables_fails_the_call_with_a_clear_error(app: App, tool: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    app.driver.ready.set()
+    stub = tmp_path / f"iptables-{app.driver.iptables.backend}-{tool}"
+    stub.write_text("#!/bin/sh\nexec sleep 600\n")  # exec: the timeout kills the sleeper
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(iptables, "TIMEOUT", 0.5)
+    body = network()
+    reply, took = app.call("CreateNetwork", body)
+    assert f"iptables-{app.driver.iptables.backend}-{tool}" in reply["Err"], reply
+    assert "timed out" in reply["Err"], reply
+    budget = 2 * 3 * iptables.TIMEOUT + SLACK  # the call's sync and its rollback's, 3 tries
+    assert took < budget, f"took {took:.1f}s, over {budget:.1f}s"
+    monkeypatch.undo()
+    # The rollback needed iptables too; its record, left non-ready, lets reconcile finish it.
+    reconcile.run(app.driver)
+    assert not app.driver.store.networks(), "the refused network must be rolled back"
+    assert app.driver.netlink.get(f"pn-{body['NetworkID'][:12]}") is None

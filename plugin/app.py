@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from plugin import protocol
 from plugin.driver import Driver
-from plugin.errors import InvalidRequest, PynetError
+from plugin.errors import Busy, InvalidRequest, PynetError
 from plugin.faults import checkpoint
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,19 @@ DRIVER_CALLS: dict[str, Callable[[Driver, Any], dict[str, Any]]] = {
     "RevokeExternalConnectivity": _empty(lambda d, b: d.revoke_external(_endpoint_ref(b))),
 }
 
+# Deletes that dockerd completes whatever pynet answers: when pynet is too busy to do one in
+# time, it records the intent instead of refusing (which would leak the bridge or veth).
+DEFER_WHEN_BUSY: dict[str, Callable[[Driver, Any], None]] = {
+    "DeleteNetwork": lambda d, b: d.defer_delete(protocol.NetworkRef.parse(b).network_id),
+    "DeleteEndpoint": lambda d, b: d.defer_delete(*_ids(_endpoint_ref(b))),
+    "Leave": lambda d, b: None,
+}
+
+
+def _ids(ref: protocol.EndpointRef) -> tuple[str, str]:
+    return ref.network_id, ref.endpoint_id
+
+
 # Calls that need no state: swarm-only and discovery calls a local driver acknowledges.
 STATELESS_CALLS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local"},
@@ -143,8 +156,15 @@ def create_app(driver: Driver) -> Flask:
                 return _reply({"Err": f"unknown method NetworkDriver.{method:.80}"}, 404)
             checkpoint(f"received.{method}")  # as if pynet were down when the call came
             body = _body(method, driver)
-            with driver.locked():
-                return _reply(DRIVER_CALLS[method](driver, body))
+            try:
+                with driver.locked():
+                    return _reply(DRIVER_CALLS[method](driver, body))
+            except Busy:
+                if method not in DEFER_WHEN_BUSY:
+                    raise
+                DEFER_WHEN_BUSY[method](driver, body)
+                outcome = "deferred: busy"
+                return _reply({})
         except PynetError as exc:
             outcome = f"refused: {exc}"
             return _reply({"Err": str(exc)})

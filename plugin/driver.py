@@ -205,6 +205,18 @@ class Driver:
         checkpoint("delete_network.marked")
         self.teardown_network(record)
 
+    def defer_delete(self, network_id: str, endpoint_id: str | None = None) -> None:
+        """For a delete that cannot get the lock in time: dockerd forgets the object whatever
+        pynet answers, so refusing would leak it; record the intent and let the reconciler,
+        which removes every record not ``ready``, do the work on its next pass."""
+        if endpoint_id is not None:
+            marked = self.store.mark_deleting("endpoints", endpoint_id)
+        else:
+            marked = self.store.mark_deleting("networks", network_id)
+        if marked:
+            log.warning("busy: %s %s will be removed by the next reconcile",
+                        "endpoint" if endpoint_id else "network", (endpoint_id or network_id)[:12])
+
     def teardown_network(self, record: NetworkRecord) -> None:
         """Undo a network whatever state it reached; the record goes last."""
         if record.state != DELETING:

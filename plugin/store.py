@@ -166,6 +166,16 @@ class Store:
                 (record.id, record.network_id, record.state, data),
             )
 
+    def mark_deleting(self, table: str, object_id: str) -> bool:
+        """Flag a network or endpoint for the reconciler to remove; one field only, so a
+        concurrent update of the record is never overwritten. True if the record exists."""
+        if table not in ("networks", "endpoints"):
+            raise ValueError(f"no table {table!r}")
+        with self._tx() as db:
+            done = db.execute(f"UPDATE {table} SET state = ?, data = json_set(data, '$.state', ?)"
+                              " WHERE id = ?", (DELETING, DELETING, object_id))
+        return done.rowcount > 0
+
     def mark_in_container(self, endpoint_id: str) -> None:
         """Note that an endpoint's container end went into its container; one field only, so
         a concurrent update of the record by a call (its ports) is never overwritten."""

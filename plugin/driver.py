@@ -123,7 +123,7 @@ class Driver:
             return  # dockerd retried a call that succeeded
         if record is None:
             self._drop_superseded(req)
-            link = self.netlink.get(bridge)
+            link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
             if link is not None and link.kind != "bridge":
                 raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
                                      ", not a bridge; choose another "

@@ -98,33 +98,34 @@ class Netlink:
         """Create bridge ``name`` if missing and bring it up; True if pynet created it now.
 
         ``alias`` None means the bridge is the user's: it is used as it is, never marked."""
-        existing = self.get(name)
-        created = False
-        if existing is None:
+        if self._index(name) is None:
+            # On docker network create's path: one request creates and raises the bridge, and
+            # what was just created is not read back.
             self._call(f"creating bridge {name}", "link", "add", ifname=name, kind="bridge",
-                       address=random_local_mac(), tolerate=(errno.EEXIST,))
-            existing = self.get(name)
-            created = True
-            if existing is None:
-                raise KernelError(f"bridge {name} vanished right after it was created")
+                       address=random_local_mac(), state="up")
+            if alias is not None:
+                self._call(f"marking bridge {name}", "link", "set", ifname=name, ifalias=alias)
+            return True
+        existing = self._require(name)
         if existing.kind != "bridge":
             raise Conflict(f"interface {name} exists and is a {existing.kind or 'device'}, not a "
                            "bridge; choose another com.docker.network.bridge.name")
+        settings: dict[str, object] = {}
         if alias is not None and existing.alias != alias:
-            self.set_alias(existing.index, alias)
+            settings["ifalias"] = alias
         if not existing.up:
-            self._call(f"bringing up bridge {name}", "link", "set", index=existing.index,
-                       state="up")
-        return created
-
-    def set_alias(self, index: int, alias: str) -> None:
-        """Mark a link as pynet's own."""
-        self._call(f"setting alias on link {index}", "link", "set", index=index, ifalias=alias)
+            settings["state"] = "up"
+        if settings:
+            self._call(f"configuring bridge {name}", "link", "set", index=existing.index,
+                       **settings)
+        return False
 
     def ensure_address(self, name: str, address: Interface) -> None:
         """Put ``address`` on link ``name`` if it is not there."""
-        link = self._require(name)
-        self._call(f"adding {address} to {name}", "addr", "add", index=link.index,
+        index = self._index(name)
+        if index is None:
+            raise KernelError(f"link {name} does not exist")
+        self._call(f"adding {address} to {name}", "addr", "add", index=index,
                    address=str(address.ip), prefixlen=address.network.prefixlen,
                    tolerate=(errno.EEXIST,))
 
@@ -193,6 +194,10 @@ class Netlink:
             self._call(f"configuring veth {host}", "link", "set", index=index, **settings)
         if hairpin:
             self._call(f"setting hairpin on {host}", "brport", "set", index=index, mode=1)
+
+    def exists(self, name: str) -> bool:
+        """Whether link ``name`` exists (a cheap lookup, unlike ``get``)."""
+        return self._index(name) is not None
 
     def _index(self, name: str) -> int | None:
         """The index of link ``name`` (a cheap lookup, unlike a full read)."""

@@ -135,26 +135,33 @@ def _firewall_actions(driver: Driver) -> list[Action]:
     batch = build_batch(driver.rules(current), current)
     if batch is None:
         return []
-    return [Action(f"repair iptables: {describe_batch(batch)}", driver.sync_firewall)]
+    own = {chain for chains in driver.chains.owned().values() for chain in chains}
+    return [Action(f"repair iptables: {describe_batch(batch, own)}", driver.sync_firewall)]
 
 
-def describe_batch(batch: str) -> str:
-    """Which chains a restore batch rewrites and which jumps it fixes, for the log."""
-    rewritten: list[str] = []
+def describe_batch(batch: str, own: set[str]) -> str:
+    """For the log: which of pynet's chains (``own``) a restore batch changes, and in which
+    other chains it fixes pynet's jumps."""
+    changed: list[str] = []
     jumps: list[str] = []
     table = ""
     for line in batch.splitlines():
         if line.startswith("*"):
             table = line[1:]
-        elif line.startswith(":"):
-            rewritten.append(f"{table} {line[1:].split()[0]}")
-        elif line.startswith(("-I ", "-D ")):
-            where = f"{table} {line.split()[1]}"
-            if where not in jumps:
-                jumps.append(where)
+            continue
+        if line.startswith(":"):
+            chain = line[1:].split()[0]
+        elif line.startswith(("-A ", "-I ", "-D ")):
+            chain = line.split()[1]
+        else:
+            continue
+        where = f"{table} {chain}"
+        bucket = changed if chain in own else jumps
+        if where not in bucket:
+            bucket.append(where)
     parts = []
-    if rewritten:
-        parts.append("rewrote chain(s) " + ", ".join(rewritten))
+    if changed:
+        parts.append("repaired chain(s) " + ", ".join(changed))
     if jumps:
         parts.append("fixed the jump(s) in " + ", ".join(jumps))
     return "; ".join(parts) or "no change"

@@ -145,7 +145,7 @@ def test_flushed_chains_are_rewritten(inst: Instance, res: Resources) -> None:
              timeout=REPAIR_TIMEOUT)
     wait_for("the FORWARD jump to return", lambda: f"-A FORWARD -j {prefix}-FORWARD"
              in own_rules(inst), timeout=REPAIR_TIMEOUT)
-    assert logged(inst, f"repair iptables: rewrote chain(s) filter {prefix}-FORWARD")
+    assert logged(inst, f"repair iptables: repaired chain(s) filter {prefix}-FORWARD")
     assert logged(inst, f"nat {prefix}-POSTROUTING")
     assert_consistent(inst)
 
@@ -195,7 +195,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(idle: Instance, res: Resour
     assert f"would restore network {s.network_id[:12]}: bridge {s.bridge} lacks its address" \
         in plan
     assert f"would delete veth {orphan}" in plan
-    assert f"would repair iptables: rewrote chain(s) nat {prefix}-POSTROUTING" in plan
+    assert f"would repair iptables: repaired chain(s) nat {prefix}-POSTROUTING" in plan
     assert snapshot() == before, "a dry run changed something"
 
     done = run(idle.argv("reconcile")).stdout

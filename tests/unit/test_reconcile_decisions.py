@@ -65,8 +65,11 @@ def test_old_records_without_the_mark_still_load(tmp_path: Path) -> None:
 
 
 def test_batch_description_names_chains_and_jumps() -> None:
-    batch = ("*filter\n:PYNET-FORWARD - [0:0]\n-A PYNET-FORWARD -o br -j ACCEPT\n"
+    batch = ("*filter\n:PYNET-PORTS - [0:0]\n-A PYNET-PORTS -d 10.0.0.2/32 -j ACCEPT\n"
+             "-D PYNET-FORWARD 2\n-I PYNET-FORWARD 2 -o br -j ACCEPT\n"
              "-D FORWARD -j PYNET-FORWARD\n-I FORWARD 3 -j PYNET-FORWARD\nCOMMIT\n"
-             "*nat\n:PYNET-POSTROUTING - [0:0]\nCOMMIT\n")
-    assert describe_batch(batch) == ("rewrote chain(s) filter PYNET-FORWARD, nat "
-                                     "PYNET-POSTROUTING; fixed the jump(s) in filter FORWARD")
+             "*nat\n-I PYNET-POSTROUTING 1 -o br -j MASQUERADE\nCOMMIT\n")
+    own = {"PYNET-PORTS", "PYNET-FORWARD", "PYNET-POSTROUTING"}
+    assert describe_batch(batch, own) == (
+        "repaired chain(s) filter PYNET-PORTS, filter PYNET-FORWARD, nat PYNET-POSTROUTING; "
+        "fixed the jump(s) in filter FORWARD")

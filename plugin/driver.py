@@ -286,13 +286,17 @@ class Driver:
                                  net.options.mtu, record.mac, self.alias(record.id),
                                  hairpin=not net.options.internal)
 
+    def _ready_endpoint(self, endpoint_id: str) -> EndpointRecord:
+        record = self.store.endpoint(endpoint_id)
+        if record is None or record.state != READY:
+            raise NotFound(f"endpoint {endpoint_id[:12]} is not known to pynet; "
+                           "restart the container")
+        return record
+
     def join(self, req: protocol.Join) -> Joined:
         """Hand the container end to dockerd with the network's gateways."""
         _, net = self._ready_network(req.network_id)
-        record = self.store.endpoint(req.endpoint_id)
-        if record is None or record.state != READY:
-            raise NotFound(f"endpoint {req.endpoint_id[:12]} is not known to pynet; "
-                           "restart the container")
+        record = self._ready_endpoint(req.endpoint_id)
         aux = net.ipv4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
         gateway = aux.ip if aux is not None else (net.ipv4.gateway.ip if net.ipv4.gateway
                                                   else None)
@@ -339,11 +343,8 @@ class Driver:
 
     def program_external(self, req: protocol.ProgramExternalConnectivity) -> None:
         """Publish the container's ports on this (its gateway) endpoint."""
-        network, net = self._ready_network(req.network_id)
-        record = self.store.endpoint(req.endpoint_id)
-        if record is None or record.state != READY:
-            raise NotFound(f"endpoint {req.endpoint_id[:12]} is not known to pynet; "
-                           "restart the container")
+        _, net = self._ready_network(req.network_id)
+        record = self._ready_endpoint(req.endpoint_id)
         if net.options.internal:
             return  # like the built-in driver: -p on an internal network is ignored
         if not req.bindings and not record.ports:

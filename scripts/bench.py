@@ -37,6 +37,7 @@ from tests.helpers import (  # noqa: E402
     DOCKER,
     IMAGE,
     Instance,
+    Subnets,
     docker,
     docker_ok,
     ensure_image,
@@ -221,19 +222,6 @@ def table(rows: list[Row]) -> str:
 
 
 # -- resources -------------------------------------------------------------------------------
-
-class Subnets:
-    """/26 subnets of the benchmark's pool, starting at a random one so two runs rarely meet."""
-
-    def __init__(self) -> None:
-        self._all = list(POOL.subnets(new_prefix=SUBNET_PREFIX))
-        self._next = secrets.randbelow(len(self._all))
-
-    def take(self) -> ipaddress.IPv4Network:
-        subnet = self._all[self._next % len(self._all)]
-        self._next += 1
-        return subnet
-
 
 @dataclass
 class Net:
@@ -790,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_image()
     signal.signal(signal.SIGTERM, _terminate)
     inst = new_instance()
-    lab = Lab(Subnets())
+    lab = Lab(Subnets(str(POOL), SUBNET_PREFIX))
     profiler = None
     started = time.monotonic()
     calls: dict[str, list[float]] = {}

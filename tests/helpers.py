@@ -128,10 +128,10 @@ class Subnets:
     one machine never collide.
     """
 
-    def __init__(self, pool: str | None = None) -> None:
+    def __init__(self, pool: str | None = None, prefix: int = 24) -> None:
         self.pool = ipaddress.IPv4Network(pool or os.environ.get("PYNET_TEST_SUBNETS",
                                                                  "10.231.64.0/18"))
-        self._all = list(self.pool.subnets(new_prefix=24))
+        self._all = list(self.pool.subnets(new_prefix=prefix))
         self._next = secrets.randbelow(len(self._all))
 
     def take(self) -> ipaddress.IPv4Network:

@@ -144,5 +144,5 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
     known = {BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, INHIBIT_IPV4, MTU,
              IFACE_PREFIX} | KNOWN_IGNORED
     for key in sorted(set(generic) - known):
-        log.info("ignoring unknown network option %s=%r", key, generic[key])
+        log.info("ignoring unknown network option %r=%r", key, generic[key])
     return NetworkOptions(**fields)

@@ -85,7 +85,7 @@ def test_bad_host_binding_is_refused() -> None:
 def test_unknown_options_are_accepted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO")
     assert parse_network_options(generic(foo="bar")) == NetworkOptions()
-    assert "ignoring unknown network option foo='bar'" in caplog.text
+    assert "ignoring unknown network option 'foo'='bar'" in caplog.text
 
 
 def test_non_string_option_value_is_refused() -> None:

@@ -27,3 +27,7 @@ class KernelError(PynetError):
 
 class Busy(PynetError):
     """pynet could not get to the request within its deadline (still starting, or overloaded)."""
+
+
+class KernelTimeout(KernelError):
+    """A kernel tool did not answer in time; trying again would only wait again."""

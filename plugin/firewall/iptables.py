@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plugin.errors import KernelError
+from plugin.errors import KernelError, KernelTimeout
 from plugin.firewall.rules import Chains, Hook, RuleSet
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,9 @@ class IPTables:
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                                   timeout=TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired as exc:
+            raise KernelTimeout(f"{' '.join(argv)} failed: {exc}") from exc
+        except OSError as exc:
             raise KernelError(f"{' '.join(argv)} failed: {exc}") from exc
         if done.returncode != 0:
             detail = done.stderr.strip().replace("\n", "; ")
@@ -220,8 +222,8 @@ class IPTables:
             try:
                 self.restore(batch)
                 return True
-            except KernelError:
-                if attempt == attempts - 1:
-                    raise
+            except KernelError as exc:
+                if isinstance(exc, KernelTimeout) or attempt == attempts - 1:
+                    raise  # a wedged tool would only wedge again: fail within one timeout
                 log.info("iptables batch raced with another writer; retrying")
         return True

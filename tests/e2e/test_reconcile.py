@@ -105,7 +105,9 @@ def test_deleted_bridge_is_rebuilt_with_its_address_and_ports(inst: Instance,
     wait_for("the bridge to be rebuilt with its veth on it", lambda: (
         (veth := link(s.host_veth)) is not None and veth.get("master") == s.bridge
         and s.gateway in addresses(s.bridge)), timeout=REPAIR_TIMEOUT)
-    assert logged(inst, f"restore network {s.network_id[:12]}: bridge {s.bridge} is missing")
+    # The log line follows the repair's last step: wait for it rather than race it.
+    wait_for("the repair to be logged", lambda: logged(
+        inst, f"restore network {s.network_id[:12]}: bridge {s.bridge} is missing"))
     docker("exec", s.container, "ping", "-c1", "-W3", s.gateway.split("/")[0])
     assert_consistent(inst)
 
@@ -115,7 +117,8 @@ def test_removed_bridge_address_is_put_back(inst: Instance, res: Resources) -> N
     run(["ip", "addr", "del", s.gateway, "dev", s.bridge])
     wait_for("the gateway address to return", lambda: s.gateway in addresses(s.bridge),
              timeout=REPAIR_TIMEOUT)
-    assert logged(inst, f"bridge {s.bridge} lacks its address {s.gateway}")
+    wait_for("the repair to be logged",
+             lambda: logged(inst, f"bridge {s.bridge} lacks its address {s.gateway}"))
     docker("exec", s.container, "ping", "-c1", "-W3", s.gateway.split("/")[0])
 
 
@@ -124,7 +127,8 @@ def test_deleted_veth_retires_its_endpoint(inst: Instance, res: Resources) -> No
     run(["ip", "link", "del", s.host_veth])
     wait_for("the endpoint record to go", lambda: not records(inst).endpoints,
              timeout=REPAIR_TIMEOUT)
-    assert logged(inst, f"remove endpoint {s.endpoint_id[:12]}: its veth {s.host_veth} is gone")
+    wait_for("the repair to be logged", lambda: logged(
+        inst, f"remove endpoint {s.endpoint_id[:12]}: its veth {s.host_veth} is gone"))
     docker("rm", "-f", s.container)  # dockerd's Leave/DeleteEndpoint for a retired endpoint
     assert_consistent(inst)
 
@@ -145,8 +149,9 @@ def test_flushed_chains_are_rewritten(inst: Instance, res: Resources) -> None:
              timeout=REPAIR_TIMEOUT)
     wait_for("the FORWARD jump to return", lambda: f"-A FORWARD -j {prefix}-FORWARD"
              in own_rules(inst), timeout=REPAIR_TIMEOUT)
-    assert logged(inst, f"repair iptables: repaired chain(s) filter {prefix}-FORWARD")
-    assert logged(inst, f"nat {prefix}-POSTROUTING")
+    wait_for("the repairs to be logged", lambda: logged(
+        inst, f"repair iptables: repaired chain(s) filter {prefix}-FORWARD")
+        and logged(inst, f"nat {prefix}-POSTROUTING"))
     assert_consistent(inst)
 
 
@@ -172,8 +177,9 @@ def test_container_removed_while_pynet_was_down_leaves_no_orphan(
     assert wait_exit(user, timeout=60) == 0
     assert link(s.host_veth) is None and link(peer) is None
     assert not records(inst).endpoints
-    assert logged(inst, f"remove endpoint {s.endpoint_id[:12]}: its container end {peer} "
-                        "is back on the host")
+    wait_for("the repair to be logged", lambda: logged(
+        inst, f"remove endpoint {s.endpoint_id[:12]}: its container end {peer} "
+        "is back on the host"))
     assert_consistent(inst)
 
 

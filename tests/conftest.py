@@ -14,8 +14,7 @@ from tests.helpers import (
     docker,
     ensure_dockerd,
     ensure_image,
-    new_instance,
-    purge_instance,
+    serving,
 )
 
 
@@ -40,11 +39,7 @@ def subnets() -> Subnets:
 @pytest.fixture(scope="session")
 def pynet(dockerd: None) -> Iterator[Instance]:
     """One pynet instance for the session, under a name no installed pynet uses."""
-    inst = new_instance()
-    inst.start()
-    yield inst
-    leftovers = purge_instance(inst)
-    assert not leftovers, f"tests left these behind: {leftovers}"
+    yield from serving()
 
 
 class Resources:

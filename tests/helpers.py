@@ -14,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -199,6 +199,16 @@ def new_instance(env: dict[str, str] | None = None) -> Instance:
     name = f"pynet-t{secrets.token_hex(3)}"
     state = tempfile.mkdtemp(prefix=f"{name}-state-")
     return Instance(name=name, state_dir=state, log_path=f"/tmp/{name}.log", env=env or {})
+
+
+def serving(env: dict[str, str] | None = None) -> Iterator[Instance]:
+    """A fresh instance for a fixture (``yield from serving()``): started before the test, and
+    afterwards everything it made is removed; the test fails if it left anything behind."""
+    inst = new_instance(env)
+    inst.start()
+    yield inst
+    leftovers = purge_instance(inst)
+    assert not leftovers, f"the test left these behind: {leftovers}"
 
 
 def purge_instance(inst: Instance) -> list[str]:

@@ -21,7 +21,7 @@ from tests.e2e.consistency import (
     owned_links,
     records,
 )
-from tests.helpers import DOCKER, IMAGE, Instance, new_instance, purge_instance, run
+from tests.helpers import DOCKER, IMAGE, Instance, run, serving
 
 PARALLEL_RUNS = 50
 PARALLEL_NETWORKS = 10
@@ -31,11 +31,7 @@ CALL_TIMEOUT = 180.0  # per docker command; far above any deadline pynet has
 @pytest.fixture
 def inst(dockerd: None) -> Iterator[Instance]:
     """A fresh instance, so that leak counts are this test's alone."""
-    inst = new_instance()
-    inst.start()
-    yield inst
-    leftovers = purge_instance(inst)
-    assert not leftovers, f"concurrency test left these behind: {leftovers}"
+    yield from serving()
 
 
 def docker_cmd(*args: str) -> subprocess.CompletedProcess[str]:

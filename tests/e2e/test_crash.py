@@ -39,9 +39,8 @@ from tests.helpers import (
     REPO,
     Instance,
     docker,
-    new_instance,
-    purge_instance,
     run,
+    serving,
     wait_for,
 )
 
@@ -196,11 +195,8 @@ def test_every_checkpoint_has_a_scenario() -> None:
 def crashy(dockerd: None, tmp_path: Path) -> Iterator[tuple[Instance, Path]]:
     """A pynet instance that dies at the checkpoint written into the returned file."""
     crash_file = tmp_path / "crash-at"
-    inst = new_instance(env={"PYNET_CRASH_FILE": str(crash_file)})
-    inst.start()
-    yield inst, crash_file
-    leftovers = purge_instance(inst)
-    assert not leftovers, f"crash test left these behind: {leftovers}"
+    for inst in serving({"PYNET_CRASH_FILE": str(crash_file)}):
+        yield inst, crash_file
 
 
 @pytest.mark.parametrize("point", CHECKPOINTS)

@@ -29,9 +29,8 @@ from tests.helpers import (
     addresses,
     docker,
     link,
-    new_instance,
-    purge_instance,
     run,
+    serving,
     wait_for,
 )
 
@@ -54,11 +53,7 @@ class Setup:
 
 
 def instance(env: dict[str, str] | None = None) -> Iterator[Instance]:
-    inst = new_instance(env={"PYNET_RECONCILE_INTERVAL": str(INTERVAL), **(env or {})})
-    inst.start()
-    yield inst
-    leftovers = purge_instance(inst)
-    assert not leftovers, f"reconcile test left these behind: {leftovers}"
+    yield from serving({"PYNET_RECONCILE_INTERVAL": str(INTERVAL), **(env or {})})
 
 
 @pytest.fixture

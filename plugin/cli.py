@@ -1,6 +1,7 @@
 """``pynet serve | status | reconcile [--dry-run] | uninstall``."""
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -54,8 +55,7 @@ def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
     driver.ready.set()
     while not stop.wait(driver.settings.reconcile_interval):
         try:
-            with driver.locked():
-                reconcile.run(driver)
+            reconcile.periodic(driver)
         except Exception:
             log.exception("periodic reconcile failed")
 
@@ -65,6 +65,7 @@ class Server(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.driver: Driver | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -78,6 +79,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 5,
             "errorlog": "-",
             "control_socket_disable": True,  # no listener beyond the plugin socket
+            "worker_exit": self._finish_deletes,
             "loglevel": self.settings.log_level,
             "logconfig_dict": {
                 "version": 1,
@@ -95,14 +97,39 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        driver = build_driver(self.settings)
+        driver = self.driver = build_driver(self.settings)
         threading.Thread(target=keep_reconciling, args=(driver, threading.Event()),
                          name="reconcile", daemon=True).start()
         return create_app(driver)
 
+    def _finish_deletes(self, _server: object, _worker: object) -> None:
+        """On a clean stop, do the kernel side of deletes already answered (otherwise the
+        next start would), so a disabled plugin leaves no bridge of a removed network."""
+        if self.driver is not None:
+            try:
+                self.driver.reap()
+            except Exception:
+                log.exception("finishing deletes at exit failed; the next start will")
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads that allocate at once their own arenas (up to eight per core), and
+    memory freed in one is not reused by another: with gunicorn's threads, the reaper and the
+    reconciler, RSS crept up over a 1,000-container soak. Two arenas keep it flat. Inherited
+    by the worker, which gunicorn forks after this."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: its allocator has no arenas to limit
+    libc.mallopt(M_ARENA_MAX, arenas)
+
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     os.makedirs(settings.socket_dir, exist_ok=True)
+    limit_malloc_arenas()
     Server(settings).run()
     return 0
 

@@ -4,14 +4,19 @@ Every mutating call follows one pattern: validate (protocol.py did most of it), 
 in state ``creating``/``deleting``, run idempotent kernel steps, then mark it ``ready`` or forget
 it. A failure rolls the kernel back before the error reaches dockerd, so a refused request
 leaves nothing behind; a crash leaves a record that tells reconcile.py what to finish.
+
+Deletes are answered once their records say ``deleting``; the reaper thread then removes the
+rules, links and records. The kernel needs 20-40 ms to unregister a bridge or veth and ~15 ms for
+any nft rule deletion, which would otherwise sit on every ``docker rm`` and ``network rm``.
+Creates that could collide with an unfinished delete (a bridge name or subnet) finish it first.
 """
 
 import ipaddress
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +85,15 @@ class Driver:
         self.chains = Chains(settings.chain_prefix)
         self.ready = threading.Event()
         self._lock = threading.RLock()
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")
+        self._deleter = netlink.sibling()
+        self._reap_lock = threading.Lock()
+        self._wake_reaper = threading.Event()
+        self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
+        # Unpublished ports whose rules the reaper has not removed yet: counted, so that a new
+        # endpoint (which may get the freed address) can make sure they are gone.
+        self._unpublished = 0
+        self._unpublished_synced = 0
+        threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -123,6 +136,8 @@ class Driver:
             return  # dockerd retried a call that succeeded
         if record is None:
             self._drop_superseded(req)
+            if any(n.state == DELETING for n in self.store.networks()):
+                self.reap()  # its bridge name or subnet may be the one asked for
             link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
             if link is not None and link.kind != "bridge":
                 raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
@@ -194,28 +209,58 @@ class Driver:
                         "other's published ports; run 'modprobe br_netfilter' on the host")
 
     def delete_network(self, ref: protocol.NetworkRef) -> None:
-        """Remove the network's endpoints, rules and bridge; unknown ids are fine."""
+        """Mark the network (and any endpoint dockerd left) for the reaper; unknown ids are
+        fine."""
         record = self.store.network(ref.network_id)
         if record is None:
             return
         for endpoint in self.store.endpoints(record.id):
-            self.teardown_endpoint(endpoint)
+            self.store.mark_deleting("endpoints", endpoint.id)
         record.state = DELETING
         self.store.put_network(record)
         checkpoint("delete_network.marked")
-        self.teardown_network(record)
+        self._wake_reaper.set()
 
     def defer_delete(self, network_id: str, endpoint_id: str | None = None) -> None:
         """For a delete that cannot get the lock in time: dockerd forgets the object whatever
-        pynet answers, so refusing would leak it; record the intent and let the reconciler,
-        which removes every record not ``ready``, do the work on its next pass."""
+        pynet answers, so refusing would leak it; marking it is one atomic update, and the
+        reaper does the rest."""
         if endpoint_id is not None:
             marked = self.store.mark_deleting("endpoints", endpoint_id)
         else:
             marked = self.store.mark_deleting("networks", network_id)
         if marked:
-            log.warning("busy: %s %s will be removed by the next reconcile",
+            log.warning("busy: %s %s marked for deletion without the lock",
                         "endpoint" if endpoint_id else "network", (endpoint_id or network_id)[:12])
+            self._wake_reaper.set()
+
+    def _reaper(self) -> None:
+        while True:
+            self._wake_reaper.wait()
+            self._wake_reaper.clear()
+            try:
+                self.reap()
+            except Exception:
+                log.exception("finishing deletes failed; the next reconcile retries")
+
+    def reap(self) -> None:
+        """Finish answered deletes: rules first (one batch), then links, then records.
+
+        Runs without the driver lock (calls go on meanwhile); every step is idempotent, so a
+        reconcile or rollback doing the same teardown at the same time is harmless.
+        """
+        with self._reap_lock:
+            unpublished = self._unpublished
+            endpoints = [e for e in self.store.endpoints() if e.state == DELETING]
+            networks = [n for n in self.store.networks() if n.state == DELETING]
+            self.sync_firewall()
+            self._unpublished_synced = unpublished
+            for endpoint in endpoints:
+                self.teardown_endpoint(endpoint)
+            for network in networks:
+                self.teardown_network(network)
+            while not self._unflushed.empty():
+                self._flush_conntrack(self._unflushed.get())
 
     def teardown_network(self, record: NetworkRecord) -> None:
         """Undo a network whatever state it reached; the record goes last."""
@@ -225,7 +270,7 @@ class Driver:
         self.sync_firewall()
         checkpoint("delete_network.rules_removed")
         if not record.preexisting:  # a user's bridge stays, with its address, as Docker does
-            self.netlink.delete(record.bridge)
+            self._deleter.delete(record.bridge)
         checkpoint("delete_network.bridge_deleted")
         self.store.delete_network(record.id)
         _PARSED.pop(record.id, None)
@@ -257,6 +302,8 @@ class Driver:
         if req.address.ip not in net.ipv4.pool:
             raise InvalidRequest(f"address {req.address} is outside the network's subnet "
                                  f"{net.ipv4.pool}")
+        if self._unpublished_synced != self._unpublished:
+            self.sync_firewall()  # dockerd may give this endpoint an address just unpublished
         record = self.store.endpoint(req.endpoint_id)
         if record is None:
             host, peer = self.veth_names(req.endpoint_id)
@@ -306,10 +353,17 @@ class Driver:
                       str(gateway_v6) if gateway_v6 else None)
 
     def delete_endpoint(self, ref: protocol.EndpointRef) -> None:
-        """Remove the veth pair and any ports still published; unknown ids are fine."""
+        """Free any ports still published and mark the endpoint for the reaper; unknown ids
+        are fine."""
         record = self.store.endpoint(ref.endpoint_id)
-        if record is not None:
-            self.teardown_endpoint(record)
+        if record is None:
+            return
+        if record.ports:
+            self._release_ports(record)  # now: the next docker run may want the same port
+            self._unpublished += 1
+        record.state = DELETING
+        self.store.put_endpoint(record)
+        self._wake_reaper.set()
 
     def teardown_endpoint(self, record: EndpointRecord) -> None:
         if record.state != DELETING:
@@ -320,8 +374,8 @@ class Driver:
             self.store.put_endpoint(record)
             self.sync_firewall()
         checkpoint("delete_endpoint.marked")
-        self.netlink.delete(record.host_veth)
-        self.netlink.delete(record.peer_veth)  # back in the host after the container stopped
+        self._deleter.delete(record.host_veth)
+        self._deleter.delete(record.peer_veth)  # back in the host after the container stopped
         checkpoint("delete_endpoint.veth_deleted")
         self.store.delete_endpoint(record.id)
 
@@ -379,10 +433,11 @@ class Driver:
         self._release_ports(record)
         self.store.put_endpoint(record)
         checkpoint("revoke_external.recorded")
-        self.sync_firewall()
-        # Dumping the conntrack table costs ~100 ms on docker rm's path; the address cannot be
-        # handed out again before dockerd hears back, so the flush may trail the reply.
-        self._background.submit(self._flush_conntrack, ipaddress.ip_interface(record.address).ip)
+        # The reaper removes the rules, then the address's conntrack entries (dumping the
+        # table costs ~100 ms); a CreateEndpoint arriving first removes the rules itself.
+        self._unpublished += 1
+        self._unflushed.put(ipaddress.ip_interface(record.address).ip)
+        self._wake_reaper.set()
 
     def _flush_conntrack(self, address: ipaddress.IPv4Address) -> None:
         try:

@@ -58,6 +58,11 @@ class Netlink:
         self._calls = 0
         self._lock = threading.Lock()
 
+    def sibling(self) -> "Netlink":
+        """Another socket on the same namespace: deleting a link blocks its socket for the
+        20-40 ms the kernel takes, which must not hold up creates on this one."""
+        return Netlink(self._netns)
+
     def _open(self) -> IPRoute:
         return IPRoute(netns=self._netns) if self._netns else IPRoute()
 

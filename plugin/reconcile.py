@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from plugin.driver import Driver, parse_network
-from plugin.firewall.iptables import build_batch
 from plugin.netlink import Interface, Link
 from plugin.store import READY, EndpointRecord, NetworkRecord
 
@@ -34,8 +33,8 @@ class Action:
 def plan(driver: Driver) -> list[Action]:
     """Every repair the kernel needs to match the records, in a safe order.
 
-    It runs every few seconds under the driver's lock, so it reads the kernel in a fixed
-    number of dumps (links, addresses, rules), however many networks there are.
+    It runs every few seconds, so it reads the kernel in a fixed number of dumps (links,
+    addresses, rules), however many networks there are.
     """
     store, netlink = driver.store, driver.netlink
     links = {link.name: link for link in netlink.links()}
@@ -131,8 +130,7 @@ def _rebuild_network(driver: Driver, n: NetworkRecord) -> None:
 
 
 def _firewall_actions(driver: Driver) -> list[Action]:
-    current = driver.iptables.save()
-    batch = build_batch(driver.rules(current), current)
+    batch = driver.iptables.pending(driver.rules)
     if batch is None:
         return []
     own = {chain for chains in driver.chains.owned().values() for chain in chains}
@@ -185,6 +183,22 @@ def run(driver: Driver, dry_run: bool = False) -> list[str]:
         except Exception:
             log.exception("reconcile: failed to %s", action.description)
     return [a.description for a in actions]
+
+
+def periodic(driver: Driver) -> list[str]:
+    """One periodic pass: finish answered deletes, look without the lock, repair with it.
+
+    Looking takes a few dumps (tens of milliseconds with hundreds of links) and nearly always
+    finds nothing; holding the driver's lock for it would stall every call meanwhile. Anything
+    found is planned again under the lock, because from outside a call in progress looks like
+    an interrupted one.
+    """
+    driver.reap()
+    note_in_container(driver)
+    if not plan(driver):
+        return []
+    with driver.locked():
+        return run(driver)
 
 
 def restore(driver: Driver) -> list[str]:

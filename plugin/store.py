@@ -167,7 +167,7 @@ class Store:
             )
 
     def mark_deleting(self, table: str, object_id: str) -> bool:
-        """Flag a network or endpoint for the reconciler to remove; one field only, so a
+        """Flag a network or endpoint for the reaper to remove; one field only, so a
         concurrent update of the record is never overwritten. True if the record exists."""
         if table not in ("networks", "endpoints"):
             raise ValueError(f"no table {table!r}")

@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,19 @@ def build_batch(rules: RuleSet, current: Dump) -> str | None:
     return "\n".join(out) + "\n" if out else None
 
 
+def applied(current: Dump, rules: RuleSet) -> Dump | None:
+    """What ``current`` reads as once ``rules`` are in; None if hooks had to move, because
+    their chains are dockerd's and only a fresh read tells where its rules went."""
+    for hook in rules.hooks:
+        existing = current.chain(hook.table, hook.chain)
+        if existing is not None and hook_fix(hook, existing):
+            return None
+    tables = {table: dict(chains) for table, chains in current.tables.items()}
+    for table, chains in rules.chains.items():
+        tables.setdefault(table, {}).update(chains)
+    return Dump(tables)
+
+
 def teardown_batch(chains: Chains, hooks: list[Hook], current: Dump) -> str | None:
     """The restore input that removes pynet's hooks and chains; None if none are left."""
     out: list[str] = []
@@ -167,10 +181,18 @@ def teardown_batch(chains: Chains, hooks: list[Hook], current: Dump) -> str | No
 
 
 class IPTables:
-    """The host's iptables, driven through save/restore of its backend."""
+    """The host's iptables, driven through save/restore of its backend.
+
+    Writes are serialised. The rules the last write left are remembered, so a call computes
+    its batch without an ``iptables-save`` (a process that reads every table, more the more
+    networks there are): only pynet edits its own chains, a batch built on a stale picture
+    fails and is rebuilt from a fresh read, and reconcile reads afresh every few seconds.
+    """
 
     def __init__(self, backend: str | None = None) -> None:
         self.backend = backend or detect_backend()
+        self._lock = threading.Lock()
+        self._known: Dump | None = None
 
     def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
         argv = [f"iptables-{self.backend}-{tool}", *args]
@@ -195,35 +217,54 @@ class IPTables:
         log.debug("iptables-restore batch:\n%s", batch)
         self._run("restore", ["--noflush", "--wait"], stdin=batch)
 
+    def pending(self, render: Callable[[Dump], RuleSet]) -> str | None:
+        """The batch the kernel needs, from a fresh read (which also refreshes the picture
+        calls work from); None if the kernel matches."""
+        with self._lock:
+            self._known = self.save()
+            return build_batch(render(self._known), self._known)
+
     def apply(self, render: Callable[[Dump], RuleSet], attempts: int = 3) -> bool:
         """Make the kernel match ``render(current rules)``; True if anything had to change.
 
         The rule set depends on what exists (dockerd's chains may or may not be there), hence a
-        function of the dump.
+        function of the dump. dockerd may delete, flush or reorder its chains between a read
+        and a write (it does so on every start and network create), which makes a ``-D`` or
+        ``-I N`` of the batch fail; reading again and retrying is then correct.
         """
-        return self._converge(lambda current: build_batch(render(current), current), attempts)
+        with self._lock:
+            for attempt in range(attempts):
+                current = self._known if attempt == 0 and self._known else self.save()
+                rules = render(current)
+                batch = build_batch(rules, current)
+                if batch is None:
+                    self._known = current
+                    return False
+                try:
+                    self.restore(batch)
+                except KernelError as exc:
+                    self._known = None
+                    if isinstance(exc, KernelTimeout) or attempt == attempts - 1:
+                        raise  # a wedged tool would only wedge again: fail within one timeout
+                    log.info("iptables batch raced with another writer; retrying")
+                    continue
+                self._known = applied(current, rules)
+                return True
+            return True
 
     def remove_all(self, chains: Chains, hooks: list[Hook], attempts: int = 3) -> bool:
         """Remove pynet's hooks and chains (uninstall); True if anything was there."""
-        return self._converge(lambda current: teardown_batch(chains, hooks, current), attempts)
-
-    def _converge(self, batch_for: Callable[[Dump], str | None], attempts: int) -> bool:
-        """Read, compute the batch, write it; True if there was anything to write.
-
-        dockerd may delete, flush or reorder its chains between our read and our write (it
-        does so on every start and network create), which makes a ``-D`` or ``-I N`` of the
-        batch fail; reading again and retrying is then correct.
-        """
-        for attempt in range(attempts):
-            current = self.save()
-            batch = batch_for(current)
-            if batch is None:
-                return False
-            try:
-                self.restore(batch)
-                return True
-            except KernelError as exc:
-                if isinstance(exc, KernelTimeout) or attempt == attempts - 1:
-                    raise  # a wedged tool would only wedge again: fail within one timeout
-                log.info("iptables batch raced with another writer; retrying")
-        return True
+        with self._lock:
+            self._known = None
+            for attempt in range(attempts):
+                batch = teardown_batch(chains, hooks, self.save())
+                if batch is None:
+                    return False
+                try:
+                    self.restore(batch)
+                    return True
+                except KernelError:
+                    if attempt == attempts - 1:
+                        raise
+                    log.info("iptables batch raced with another writer; retrying")
+            return True

@@ -51,6 +51,16 @@ def records(inst: Instance) -> Records:
     return Records(nets, eps)
 
 
+def wait_reaped(inst: Instance, timeout: float = 20.0) -> None:
+    """Wait until the deletes pynet answered are done in the kernel: the reaper removes a
+    record only after its rules and links are gone."""
+    def reaped() -> bool:
+        rec = records(inst)
+        return all(r.get("state") != "deleting"
+                   for r in [*rec.networks.values(), *rec.endpoints.values()])
+    wait_for(f"{inst.name} to finish its deletes", reaped, timeout=timeout, interval=0.05)
+
+
 def owned_links(inst: Instance) -> dict[str, str]:
     """Links carrying the instance's alias: name -> the record id in the alias."""
     prefix = f"pynet:{inst.name}:"

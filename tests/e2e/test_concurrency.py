@@ -20,6 +20,7 @@ from tests.e2e.consistency import (
     own_rules,
     owned_links,
     records,
+    wait_reaped,
 )
 from tests.helpers import DOCKER, IMAGE, Instance, run, serving
 
@@ -52,6 +53,7 @@ def in_parallel(jobs: list[Callable[[], subprocess.CompletedProcess[str]]],
 
 
 def assert_nothing_left(inst: Instance) -> None:
+    wait_reaped(inst)
     rec = records(inst)
     assert not rec.networks and not rec.endpoints, rec
     assert not owned_links(inst), owned_links(inst)
@@ -88,6 +90,7 @@ def test_fifty_parallel_runs_on_one_network(inst: Instance, res: Resources) -> N
                           PARALLEL_RUNS)
     assert all(r.returncode == 0 for r in removed), [r.stderr for r in removed
                                                      if r.returncode]
+    wait_reaped(inst)
     assert not records(inst).endpoints
     assert not [n for n in owned_links(inst) if n.startswith("pnh")]
     docker_cmd("network", "rm", net)
@@ -122,6 +125,7 @@ def test_networks_come_and_go_while_containers_start(inst: Instance, res: Resour
     assert all(clean(r) for r in results), [r.stderr for r in results if r.returncode]
     failed = [r.stderr.strip() for r in results if r.returncode]
     assert not failed, failed
+    wait_reaped(inst)
     rec = records(inst)
     assert set(rec.networks) == {
         run([DOCKER, "network", "inspect", "-f", "{{.Id}}", stable]).stdout.strip()}

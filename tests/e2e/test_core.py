@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from tests.conftest import Resources
+from tests.e2e.consistency import wait_reaped
 from tests.helpers import (
     Instance,
     addresses,
@@ -96,6 +97,7 @@ def test_demo_create_run_ping_by_name_and_remove(pynet: Instance, res: Resources
                                                  if v.get("master") == br])
     docker("network", "rm", net)
     res.networks.remove(net)
+    wait_reaped(pynet)  # the bridge goes just after the reply (see README, deletes)
     assert link(br) is None
     assert str(subnet) not in run(["ip", "route"]).stdout
     assert br not in iptables_save()
@@ -173,6 +175,7 @@ def test_internal_network_still_connects_its_members(pynet: Instance, res: Resou
 ])
 def test_refused_options_leave_nothing(pynet: Instance, res: Resources, opts: list[str],
                                        message: str) -> None:
+    wait_reaped(pynet)  # the previous test's removals must not end inside this one
     before_links = {item["ifname"] for item in links()}
     before_rules = iptables_save().count("\n-A ")
     done = docker("network", "create", "-d", pynet.name, "--subnet", str(res.subnets.take()),

@@ -198,6 +198,7 @@ def undo(w: World, method: str, body: dict[str, Any], reply: dict[str, Any]) -> 
     elif method == "ProgramExternalConnectivity":
         w.call("RevokeExternalConnectivity", {"NetworkID": body["NetworkID"],
                                               "EndpointID": body["EndpointID"]})
+    w.driver.reap()  # deletes are answered first and finished by the reaper
 
 
 @FUZZ

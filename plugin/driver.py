@@ -12,6 +12,7 @@ Creates that could collide with an unfinished delete (a bridge name or subnet) f
 """
 
 import ipaddress
+import itertools
 import logging
 import queue
 import threading
@@ -89,10 +90,10 @@ class Driver:
         self._reap_lock = threading.Lock()
         self._wake_reaper = threading.Event()
         self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
-        # Unpublished ports whose rules the reaper has not removed yet: counted, so that a new
-        # endpoint (which may get the freed address) can make sure they are gone.
-        self._unpublished = 0
-        self._unpublished_synced = 0
+        # Container addresses whose port rules the reaper has not removed yet (with a serial
+        # number per unpublish): a new endpoint given such an address removes them first.
+        self._unpublished: dict[str, int] = {}
+        self._serial = itertools.count()
         threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
 
     @contextmanager
@@ -136,8 +137,10 @@ class Driver:
             return  # dockerd retried a call that succeeded
         if record is None:
             self._drop_superseded(req)
-            if any(n.state == DELETING for n in self.store.networks()):
-                self.reap()  # its bridge name or subnet may be the one asked for
+            if any(n.state == DELETING and (n.bridge == bridge or parse_network(n).ipv4.pool
+                                            .overlaps(req.ipv4.pool))
+                   for n in self.store.networks()):
+                self.reap()  # the bridge name or subnet asked for is still being let go
             link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
             if link is not None and link.kind != "bridge":
                 raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
@@ -250,11 +253,13 @@ class Driver:
         reconcile or rollback doing the same teardown at the same time is harmless.
         """
         with self._reap_lock:
-            unpublished = self._unpublished
+            unpublished = dict(self._unpublished)
             endpoints = [e for e in self.store.endpoints() if e.state == DELETING]
             networks = [n for n in self.store.networks() if n.state == DELETING]
             self.sync_firewall()
-            self._unpublished_synced = unpublished
+            for address, serial in unpublished.items():
+                if self._unpublished.get(address) == serial:  # not unpublished again since
+                    del self._unpublished[address]
             for endpoint in endpoints:
                 self.teardown_endpoint(endpoint)
             for network in networks:
@@ -302,8 +307,8 @@ class Driver:
         if req.address.ip not in net.ipv4.pool:
             raise InvalidRequest(f"address {req.address} is outside the network's subnet "
                                  f"{net.ipv4.pool}")
-        if self._unpublished_synced != self._unpublished:
-            self.sync_firewall()  # dockerd may give this endpoint an address just unpublished
+        if str(req.address) in self._unpublished:
+            self.sync_firewall()  # the address's old port rules must not reach this endpoint
         record = self.store.endpoint(req.endpoint_id)
         if record is None:
             host, peer = self.veth_names(req.endpoint_id)
@@ -360,7 +365,7 @@ class Driver:
             return
         if record.ports:
             self._release_ports(record)  # now: the next docker run may want the same port
-            self._unpublished += 1
+            self._unpublished[record.address] = next(self._serial)
         record.state = DELETING
         self.store.put_endpoint(record)
         self._wake_reaper.set()
@@ -435,7 +440,7 @@ class Driver:
         checkpoint("revoke_external.recorded")
         # The reaper removes the rules, then the address's conntrack entries (dumping the
         # table costs ~100 ms); a CreateEndpoint arriving first removes the rules itself.
-        self._unpublished += 1
+        self._unpublished[record.address] = next(self._serial)
         self._unflushed.put(ipaddress.ip_interface(record.address).ip)
         self._wake_reaper.set()
 
@@ -473,6 +478,7 @@ class Driver:
                      for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
         return render(self.chains, specs, ports, docker)
 
-    def sync_firewall(self) -> bool:
-        """Make pynet's chains match the records; True if anything changed."""
-        return self.iptables.apply(self.rules)
+    def sync_firewall(self, fresh: bool = False) -> bool:
+        """Make pynet's chains match the records; True if anything changed. ``fresh`` reads
+        the kernel first instead of trusting what pynet last wrote (repairs need that)."""
+        return self.iptables.apply(self.rules, fresh=fresh)

@@ -103,11 +103,12 @@ class Netlink:
         """Create bridge ``name`` if missing and bring it up; True if pynet created it now.
 
         ``alias`` None means the bridge is the user's: it is used as it is, never marked."""
-        if self._index(name) is None:
-            # On docker network create's path: one request creates and raises the bridge, and
-            # what was just created is not read back.
-            self._call(f"creating bridge {name}", "link", "add", ifname=name, kind="bridge",
-                       address=random_local_mac(), state="up")
+        # On docker network create's path: one request creates and raises the bridge (EEXIST
+        # means it is there already), and what was just created is not read back.
+        created = self._call(f"creating bridge {name}", "link", "add", ifname=name,
+                             kind="bridge", address=random_local_mac(), state="up",
+                             tolerate=(errno.EEXIST,)) is not None
+        if created:
             if alias is not None:
                 self._call(f"marking bridge {name}", "link", "set", ifname=name, ifalias=alias)
             return True
@@ -168,20 +169,17 @@ class Netlink:
         bridge_index = self._index(bridge)
         if bridge_index is None:
             raise KernelError(f"link {bridge} does not exist")
-        index = self._index(host)
-        if index is None:
-            # This is on docker run's path: one request creates, enslaves and raises the pair,
-            # and what was just created is not read back.
-            peer_spec: dict[str, object] = {"ifname": peer, "address": mac}
-            extra: dict[str, object] = {}
-            if mtu:
-                peer_spec["mtu"] = extra["mtu"] = mtu
-            self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
-                       kind="veth", peer=peer_spec, txqlen=0, master=bridge_index,
-                       state="up", **extra)
-            index = self._index(host)
-            settings: dict[str, object] = {"ifalias": alias}
-        else:
+        # This is on docker run's path: one request creates, enslaves and raises the pair
+        # (EEXIST: a retry finds it made), the rest addresses it by name, nothing is read back.
+        peer_spec: dict[str, object] = {"ifname": peer, "address": mac}
+        extra: dict[str, object] = {}
+        if mtu:
+            peer_spec["mtu"] = extra["mtu"] = mtu
+        created = self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
+                             kind="veth", peer=peer_spec, txqlen=0, master=bridge_index,
+                             state="up", tolerate=(errno.EEXIST,), **extra) is not None
+        settings: dict[str, object] = {"ifalias": alias}
+        if not created:
             existing = self._require(host)
             if existing.kind != "veth":
                 raise Conflict(f"interface {host} exists and is a {existing.kind or 'device'}, "
@@ -196,9 +194,9 @@ class Netlink:
             if not existing.up:
                 settings["state"] = "up"
         if settings:
-            self._call(f"configuring veth {host}", "link", "set", index=index, **settings)
+            self._call(f"configuring veth {host}", "link", "set", ifname=host, **settings)
         if hairpin:
-            self._call(f"setting hairpin on {host}", "brport", "set", index=index, mode=1)
+            self._call(f"setting hairpin on {host}", "brport", "set", ifname=host, mode=1)
 
     def exists(self, name: str) -> bool:
         """Whether link ``name`` exists (a cheap lookup, unlike ``get``)."""
@@ -230,11 +228,8 @@ class Netlink:
 
     def delete(self, name: str) -> bool:
         """Delete link ``name`` (a veth takes its peer with it); True if it existed."""
-        index = self._index(name)
-        if index is None:
-            return False
-        self._call(f"deleting link {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
-        return True
+        return self._call(f"deleting link {name}", "link", "del", ifname=name,
+                          tolerate=(errno.ENODEV,)) is not None
 
     def _require(self, name: str) -> Link:
         link = self.get(name)

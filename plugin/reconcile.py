@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from plugin.driver import Driver, parse_network
 from plugin.netlink import Interface, Link
-from plugin.store import READY, EndpointRecord, NetworkRecord
+from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ def plan(driver: Driver) -> list[Action]:
     It runs every few seconds, so it reads the kernel in a fixed number of dumps (links,
     addresses, rules), however many networks there are.
     """
+    return _link_actions(driver, deletes=True) + _firewall_actions(driver)
+
+
+def _link_actions(driver: Driver, deletes: bool) -> list[Action]:
+    """Repairs of links, addresses and records; with ``deletes`` False, records marked for
+    deletion are left to the reaper, which is already on them."""
     store, netlink = driver.store, driver.netlink
     links = {link.name: link for link in netlink.links()}
     addresses = netlink.all_addresses()
@@ -46,11 +52,15 @@ def plan(driver: Driver) -> list[Action]:
     for e in endpoints:
         endpoints_of.setdefault(e.network_id, []).append(e)
     for e in endpoints:
+        if e.state == DELETING and not deletes:
+            continue
         reason = _dead_endpoint(e, links)
         if reason:
             actions.append(Action(f"remove endpoint {e.id[:12]}: {reason}",
                                   _bind(driver.teardown_endpoint, e)))
     for n in networks:
+        if n.state == DELETING and not deletes:
+            continue
         if n.state != READY:
             actions.append(Action(f"remove network {n.id[:12]} ({n.bridge}): a call was "
                                   f"interrupted while {n.state}",
@@ -69,7 +79,6 @@ def plan(driver: Driver) -> list[Action]:
             actions.append(Action(f"delete {link.kind or 'link'} {link.name}: left by "
                                   f"{owner[:12]}, which pynet no longer has",
                                   _bind(netlink.delete, link.name)))
-    actions += _firewall_actions(driver)
     return actions
 
 
@@ -134,7 +143,8 @@ def _firewall_actions(driver: Driver) -> list[Action]:
     if batch is None:
         return []
     own = {chain for chains in driver.chains.owned().values() for chain in chains}
-    return [Action(f"repair iptables: {describe_batch(batch, own)}", driver.sync_firewall)]
+    return [Action(f"repair iptables: {describe_batch(batch, own)}",
+                   _bind(driver.sync_firewall, True))]
 
 
 def describe_batch(batch: str, own: set[str]) -> str:
@@ -174,9 +184,13 @@ def run(driver: Driver, dry_run: bool = False) -> list[str]:
     if not dry_run:
         note_in_container(driver)
     actions = plan(driver)
+    if not dry_run:
+        _execute(actions)
+    return [a.description for a in actions]
+
+
+def _execute(actions: list[Action]) -> list[str]:
     for action in actions:
-        if dry_run:
-            continue
         try:
             action.run()
             log.info("reconcile: %s", action.description)
@@ -189,16 +203,18 @@ def periodic(driver: Driver) -> list[str]:
     """One periodic pass: finish answered deletes, look without the lock, repair with it.
 
     Looking takes a few dumps (tens of milliseconds with hundreds of links) and nearly always
-    finds nothing; holding the driver's lock for it would stall every call meanwhile. Anything
-    found is planned again under the lock, because from outside a call in progress looks like
-    an interrupted one.
+    finds nothing; holding the driver's lock for it would stall every call meanwhile. Links
+    found wanting are looked at again under the lock, because from outside a call in progress
+    looks like an interrupted one. Rules need no driver lock: a firewall write always converges
+    on the records, under the firewall's own lock.
     """
-    driver.reap()
+    driver.reap()  # also retries what it failed at before
     note_in_container(driver)
-    if not plan(driver):
-        return []
-    with driver.locked():
-        return run(driver)
+    done: list[str] = []
+    if _link_actions(driver, deletes=False):
+        with driver.locked():
+            done += _execute(_link_actions(driver, deletes=False))
+    return done + _execute(_firewall_actions(driver))
 
 
 def restore(driver: Driver) -> list[str]:

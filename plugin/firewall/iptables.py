@@ -75,24 +75,35 @@ def _bare_jump(rule: str) -> bool:
     return len(parts) == 2 and parts[0] in ("-j", "-g")
 
 
+def _other_interface(rule: str) -> bool:
+    """A rule that matches only packets of a named interface (``-i X``/``-o X``, not negated):
+    dockerd's per-bridge FORWARD rules, which cannot match traffic of pynet's bridges."""
+    parts = rule.split()
+    return any(p in ("-i", "-o") and (i == 0 or parts[i - 1] != "!")
+               for i, p in enumerate(parts))
+
+
 def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
     """restore-format lines that leave exactly one ``hook`` at its place in ``rules``.
 
-    A hook with ``after`` belongs in the block of bare jumps that opens the chain, below the
-    jumps it names: dockerd keeps re-inserting DOCKER-USER and DOCKER-ISOLATION-STAGE-1 at the
-    top and every network's rules right below them, and other pynet instances' hooks share the
-    block. Any place in that block below the first of each named jump is accepted, so two
-    instances never take turns moving their hooks above each other's, and a stray duplicate
-    jump further down (dockerd's delete-and-insert keeps duplicates) does not make pynet
-    move its hook on every reconcile. Other hooks go anywhere above the chain's ``-j RETURN``.
+    A hook with ``after`` must come below the jumps it names and below nothing that could
+    match pynet's traffic first: dockerd keeps re-inserting DOCKER-USER and
+    DOCKER-ISOLATION-STAGE-1 at the top, with each new network's rules right below them, and
+    other pynet instances' hooks sit there too. So it may have above it bare jumps (including
+    the named ones) and rules bound to some interface, which are dockerd's for its bridges;
+    moving it back above those after every ``docker network create`` would cost an nft rule
+    deletion each time and buy nothing. Two instances never take turns moving their hooks,
+    and a stray duplicate jump further down (dockerd's delete-and-insert keeps duplicates)
+    changes nothing. A hook that must move goes to the end of the chain's opening block of
+    bare jumps. Other hooks go anywhere above the chain's ``-j RETURN``.
     """
     where = [i for i, r in enumerate(rules) if r == hook.rule]
     others = [r for r in rules if r != hook.rule]
     target = 0
     if hook.after:
         named = {f"-j {name}" for name in hook.after}.intersection(rules)
-        if len(where) == 1 and all(_bare_jump(r) for r in rules[:where[0]]) \
-                and named.issubset(rules[:where[0]]):
+        if len(where) == 1 and named.issubset(rules[:where[0]]) \
+                and all(_bare_jump(r) or _other_interface(r) for r in rules[:where[0]]):
             return []
         while target < len(others) and _bare_jump(others[target]):
             target += 1
@@ -193,6 +204,7 @@ class IPTables:
         self.backend = backend or detect_backend()
         self._lock = threading.Lock()
         self._known: Dump | None = None
+        self._writes = 0  # restores so far, so a read can tell whether it is still current
 
     def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
         argv = [f"iptables-{self.backend}-{tool}", *args]
@@ -215,17 +227,25 @@ class IPTables:
     def restore(self, batch: str) -> None:
         """Apply ``batch`` atomically per table, leaving everything else in place."""
         log.debug("iptables-restore batch:\n%s", batch)
+        self._writes += 1
         self._run("restore", ["--noflush", "--wait"], stdin=batch)
 
     def pending(self, render: Callable[[Dump], RuleSet]) -> str | None:
         """The batch the kernel needs, from a fresh read (which also refreshes the picture
-        calls work from); None if the kernel matches."""
+        calls work from, unless one of them wrote meanwhile); None if the kernel matches.
+        The read takes no lock: calls must not wait for the periodic check."""
         with self._lock:
-            self._known = self.save()
-            return build_batch(render(self._known), self._known)
+            writes = self._writes  # no write is in flight while the lock is held
+        current = self.save()
+        with self._lock:
+            if self._writes == writes:
+                self._known = current
+        return build_batch(render(current), current)
 
-    def apply(self, render: Callable[[Dump], RuleSet], attempts: int = 3) -> bool:
+    def apply(self, render: Callable[[Dump], RuleSet], fresh: bool = False,
+              attempts: int = 3) -> bool:
         """Make the kernel match ``render(current rules)``; True if anything had to change.
+        ``fresh`` reads the kernel instead of trusting the remembered picture (repairs).
 
         The rule set depends on what exists (dockerd's chains may or may not be there), hence a
         function of the dump. dockerd may delete, flush or reorder its chains between a read
@@ -234,7 +254,8 @@ class IPTables:
         """
         with self._lock:
             for attempt in range(attempts):
-                current = self._known if attempt == 0 and self._known else self.save()
+                current = self._known if attempt == 0 and self._known and not fresh \
+                    else self.save()
                 rules = render(current)
                 batch = build_batch(rules, current)
                 if batch is None:

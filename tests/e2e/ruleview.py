@@ -134,8 +134,9 @@ def host_port(save_text: str, table_chain: tuple[str, str], destination: str,
 def hook_problems(save_text: str, prefix: str) -> list[str]:
     """How pynet's jumps into its chains are missing, duplicated or misplaced (none: fine).
 
-    The FORWARD jump must sit in the block of bare jumps that opens FORWARD, below dockerd's
-    DOCKER-USER and DOCKER-ISOLATION-STAGE-1 jumps and so above every network's rules; the
+    The FORWARD jump must sit below dockerd's DOCKER-USER and DOCKER-ISOLATION-STAGE-1 jumps
+    with nothing above it but bare jumps and rules bound to an interface (dockerd's rules for
+    its bridges, which cannot match pynet's traffic); the
     isolation jumps must come before their chain's RETURN; the nat jumps must exist once.
     """
     dump = parse_save(save_text)
@@ -152,8 +153,10 @@ def hook_problems(save_text: str, prefix: str) -> list[str]:
     at = once("filter", "FORWARD", f"-j {prefix}-FORWARD")
     if at is not None:
         above = forward[:at]
-        if any(len(r.split()) != 2 for r in above):
-            problems.append(f"filter FORWARD: rules above pynet's jump: {above}")
+        unbound = [r for r in above
+                   if len(r.split()) != 2 and not re.match(r"(-i|-o) \S+ ", r)]
+        if unbound:
+            problems.append(f"filter FORWARD: rules above pynet's jump: {unbound}")
         for jump in ("-j DOCKER-USER", "-j DOCKER-ISOLATION-STAGE-1"):
             if jump in forward and jump not in above:
                 problems.append(f"filter FORWARD: pynet's jump is above '{jump}'")

@@ -60,6 +60,12 @@ def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
             log.exception("periodic reconcile failed")
 
 
+# gthread's pool: calls served at once. It starts threads as calls overlap, up to this many;
+# the worker also runs its main thread, the reconciler and the reaper.
+CALL_THREADS = 8
+WORKER_THREADS = 1 + 2 + CALL_THREADS
+
+
 class Server(BaseApplication):  # type: ignore[misc]
     """gunicorn, embedded: one worker (state lives in one process), a few threads."""
 
@@ -73,7 +79,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             "bind": f"unix:{self.settings.socket_path}",
             "workers": 1,
             "worker_class": "gthread",
-            "threads": 8,
+            "threads": CALL_THREADS,
             "umask": 0o117,  # socket 0660, root's
             "timeout": 60,
             "graceful_timeout": 5,

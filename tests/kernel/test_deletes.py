@@ -1,0 +1,177 @@
+"""Deletes: answered once recorded, finished by the reaper; never refused for being busy.
+
+dockerd forgets a network or endpoint whatever pynet answers, so a delete must not be refused
+(that would leak its bridge or veth) and need not wait for the kernel, which takes 20-40 ms to
+unregister a link. What must hold instead: the reaper finishes every delete, and a create that
+could collide with an unfinished one (the same bridge name, an address whose port rules are
+still there) does not see it.
+"""
+
+import ipaddress
+import json
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from plugin import protocol
+from plugin.app import create_app
+from plugin.cli import build_driver
+from plugin.config import Settings
+from plugin.driver import Driver
+from plugin.store import DELETING
+from tests.helpers import iptables_save, link, new_instance, purge_instance, wait_for
+
+SUBNET = ipaddress.IPv4Network("10.231.250.0/24")
+
+
+@pytest.fixture
+def driver(tmp_path) -> Iterator[Driver]:
+    inst = new_instance()
+    d = build_driver(Settings(name=inst.name, state_dir=str(tmp_path), call_deadline=0.3))
+    d.ready.set()
+    yield d
+    d.reap()
+    purge_instance(inst)
+
+
+def hex_id() -> str:
+    return secrets.token_hex(32)
+
+
+def call(client: FlaskClient, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = client.post(f"/NetworkDriver.{method}", data=json.dumps(body))
+    payload = reply.get_json()
+    assert isinstance(payload, dict), reply.data
+    return payload
+
+
+def network(client: FlaskClient, network_id: str, bridge: str) -> None:
+    assert call(client, "CreateNetwork", {
+        "NetworkID": network_id, "IPv4Data": [{"Pool": str(SUBNET), "Gateway": "10.231.250.1/24"}],
+        "Options": {"com.docker.network.generic": {
+            "com.docker.network.bridge.name": bridge}}}) == {}
+
+
+def test_busy_delete_is_recorded_and_finished_by_the_reaper(driver: Driver) -> None:
+    client = create_app(driver).test_client()
+    nid, bridge = hex_id(), f"pd-{secrets.token_hex(4)}"
+    network(client, nid, bridge)
+    with held(driver):
+        assert call(client, "DeleteNetwork", {"NetworkID": nid}) == {}, \
+            "a busy delete must not be refused"
+    wait_for("the reaper to remove the network", lambda: driver.store.network(nid) is None)
+    assert link(bridge) is None
+
+
+def test_busy_create_is_refused_with_a_clear_error(driver: Driver) -> None:
+    client = create_app(driver).test_client()
+    nid = hex_id()
+    with held(driver):
+        reply = call(client, "CreateNetwork", {
+            "NetworkID": nid, "IPv4Data": [{"Pool": "10.231.251.0/24",
+                                            "Gateway": "10.231.251.1/24"}]})
+    assert "pynet is busy" in reply["Err"]
+    assert driver.store.network(nid) is None
+
+
+def test_delete_is_answered_before_the_kernel_work(driver: Driver) -> None:
+    client = create_app(driver).test_client()
+    nid, bridge = hex_id(), f"pd-{secrets.token_hex(4)}"
+    network(client, nid, bridge)
+    with driver._reap_lock:  # a reaper still busy with earlier deletes
+        assert call(client, "DeleteNetwork", {"NetworkID": nid}) == {}
+        record = driver.store.network(nid)
+        assert record is not None and record.state == DELETING
+        assert link(bridge) is not None
+    wait_for("the reaper to finish (the record goes last)",
+             lambda: driver.store.network(nid) is None)
+    assert link(bridge) is None
+    assert bridge not in iptables_save()
+
+
+def test_bridge_name_of_an_unfinished_delete_can_be_reused_at_once(driver: Driver) -> None:
+    client = create_app(driver).test_client()
+    old, new, bridge = hex_id(), hex_id(), f"pd-{secrets.token_hex(4)}"
+    network(client, old, bridge)
+    release = reaper_held_for(driver, seconds=0.5)
+    assert call(client, "DeleteNetwork", {"NetworkID": old}) == {}
+    network(client, new, bridge)  # waits for the old delete instead of "bridge in use"
+    release.join()
+    assert driver.store.network(old) is None
+    assert driver.store.network(new) is not None
+    assert link(bridge) is not None
+    assert call(client, "DeleteNetwork", {"NetworkID": new}) == {}
+
+
+def test_new_endpoint_on_an_unpublished_address_never_sees_the_old_port(
+        driver: Driver) -> None:
+    client = create_app(driver).test_client()
+    nid, old, new = hex_id(), hex_id(), hex_id()
+    network(client, nid, f"pd-{secrets.token_hex(4)}")
+    address = "10.231.250.10/24"
+    assert "Err" not in call(client, "CreateEndpoint", {
+        "NetworkID": nid, "EndpointID": old, "Interface": {"Address": address}})
+    port = free_port()
+    assert call(client, "ProgramExternalConnectivity", {
+        "NetworkID": nid, "EndpointID": old, "Options": {protocol.PORTMAP: [
+            {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": port, "HostPortEnd": port}]}}) == {}
+    dnat = f"--dport {port} -j DNAT --to-destination 10.231.250.10:80"
+    assert dnat in iptables_save()
+    with driver._reap_lock:  # the reaper has not got to the unpublished rules yet
+        ref = {"NetworkID": nid, "EndpointID": old}
+        assert call(client, "RevokeExternalConnectivity", ref) == {}
+        assert call(client, "DeleteEndpoint", ref) == {}
+        assert dnat in iptables_save()
+        assert "Err" not in call(client, "CreateEndpoint", {
+            "NetworkID": nid, "EndpointID": new, "Interface": {"Address": address}})
+        assert dnat not in iptables_save(), "the new container would get the old port's traffic"
+    for ref in ({"NetworkID": nid, "EndpointID": new}, {"NetworkID": nid}):
+        method = "DeleteEndpoint" if "EndpointID" in ref else "DeleteNetwork"
+        assert call(client, method, ref) == {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def reaper_held_for(driver: Driver, seconds: float) -> threading.Thread:
+    """A reaper busy for ``seconds`` with earlier deletes (returns the thread holding it)."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with driver._reap_lock:
+            taken.set()
+            threading.Event().wait(seconds)  # the slow kernel work being simulated
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10), "could not take the reaper's lock"
+    return holder
+
+
+@contextmanager
+def held(driver: Driver) -> Iterator[None]:
+    """Another thread holds the driver's lock (a slow call) for the duration of the block."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with driver.exclusive():
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10), "could not take the driver lock"
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()

@@ -64,7 +64,8 @@ class Netlink:
         return Netlink(self._netns)
 
     def _open(self) -> IPRoute:
-        return IPRoute(netns=self._netns) if self._netns else IPRoute()
+        # groups=0: no multicast subscription; pynet asks, it never listens for events.
+        return IPRoute(netns=self._netns, groups=0) if self._netns else IPRoute(groups=0)
 
     def close(self) -> None:
         """Release the netlink socket."""

@@ -82,7 +82,7 @@ def test_call_behind_a_stuck_call_is_busy_within_the_deadline(app: App) -> None:
     holder.start()
     try:
         assert held.wait(5)
-        # Revoke is not one of the deletes that are deferred when busy (test_deferred_delete).
+        # Revoke is not one of the deletes that are deferred when busy (test_deletes).
         ids = {"NetworkID": "a" * 64, "EndpointID": "b" * 64}
         reply, took = app.call("RevokeExternalConnectivity", ids)
         assert "busy" in reply["Err"] and DEADLINE <= took < DEADLINE + SLACK, (reply, took)

@@ -136,10 +136,10 @@ class Driver:
         if record is not None and record.state == READY:
             return  # dockerd retried a call that succeeded
         if record is None:
-            self._drop_superseded(req)
+            networks = self.store.networks()
+            self._drop_superseded(req, networks)
             if any(n.state == DELETING and (n.bridge == bridge or parse_network(n).ipv4.pool
-                                            .overlaps(req.ipv4.pool))
-                   for n in self.store.networks()):
+                                            .overlaps(req.ipv4.pool)) for n in networks):
                 self.reap()  # the bridge name or subnet asked for is still being let go
             link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
             if link is not None and link.kind != "bridge":
@@ -162,7 +162,8 @@ class Driver:
         record.state = READY
         self.store.put_network(record)
 
-    def _drop_superseded(self, req: protocol.CreateNetwork) -> None:
+    def _drop_superseded(self, req: protocol.CreateNetwork,
+                         networks: list[NetworkRecord]) -> None:
         """Remove networks dockerd must have deleted while pynet could not be told.
 
         dockerd gives up on DeleteNetwork after ~15 s of retries when pynet is down, and drops
@@ -171,7 +172,7 @@ class Driver:
         rules and bridge name would stay taken for good."""
         if req.ipv4.address_space != DOCKER_IPAM_SPACE:
             return
-        for old in self.store.networks():
+        for old in networks:
             prev = parse_network(old).ipv4
             if (old.id != req.network_id and old.state == READY
                     and prev.address_space == DOCKER_IPAM_SPACE
@@ -461,13 +462,16 @@ class Driver:
     def rules(self, current: Dump) -> RuleSet:
         """The rule set the records call for, given what exists in ``current``."""
         networks = [n for n in self.store.networks() if n.state != DELETING]
+        endpoints_of: dict[str, list[EndpointRecord]] = {}
+        for endpoint in self.store.endpoints():  # one query, however many networks
+            endpoints_of.setdefault(endpoint.network_id, []).append(endpoint)
         specs: list[NetworkSpec] = []
         ports: list[PortSpec] = []
         for network in reversed(networks):  # newest first, as the bridge driver stacks them
             net = parse_network(network)
             specs.append(NetworkSpec(network.bridge, net.ipv4.pool, net.options.internal,
                                      net.options.enable_icc, net.options.enable_ip_masquerade))
-            for endpoint in self.store.endpoints(network.id):
+            for endpoint in endpoints_of.get(network.id, []):
                 ip = ipaddress.ip_interface(endpoint.address).ip
                 for p in endpoint.ports:
                     host_ip = ipaddress.IPv4Address(p.host_ip)

@@ -116,22 +116,32 @@ def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
 
 
 def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
-    """Positional inserts and deletes that turn ``old`` into ``new``.
+    """Inserts and deletes that turn ``old`` into ``new``.
 
     With the nft backend a restore that only adds rules costs ~2 ms, while any deletion (a
     flush included) costs ~15 ms, so a network create must not rewrite chains it only extends.
+    Rules that go at the top are inserted at 1 (last first) and rules that go at the bottom
+    appended, because an insert at any other position makes iptables-nft read the whole chain.
     """
     edits: list[str] = []
     pos = 0  # index into the list as the edits so far have left it
+    length = len(old)  # its length likewise
     matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             pos += i2 - i1
             continue
         edits += [f"-D {chain} {pos + 1}"] * (i2 - i1)
-        for rule in new[j1:j2]:
-            edits.append(f"-I {chain} {pos + 1} {rule}")
-            pos += 1
+        length -= i2 - i1
+        block = new[j1:j2]
+        if pos == 0:
+            edits += [f"-I {chain} 1 {rule}" for rule in reversed(block)]
+        elif pos == length:
+            edits += [f"-A {chain} {rule}" for rule in block]
+        else:
+            edits += [f"-I {chain} {pos + 1 + k} {rule}" for k, rule in enumerate(block)]
+        pos += len(block)
+        length += len(block)
     return edits
 
 

@@ -151,6 +151,11 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
 
     ``docker_chains`` says whether dockerd's isolation chains exist; then pynet hooks into them
     so its networks and Docker's own are isolated from each other in both directions.
+
+    A network's rules match only its bridge, so their order across networks does not matter;
+    it is chosen so that a new network's rules go at the top or the bottom of each chain.
+    iptables-nft inserts there without reading the chain, while inserting at rule N reads
+    all of it: ~17 ms with a few thousand rules, on every network create.
     """
     # Only non-internal networks publish ports; with none, pynet's chains stay empty.
     exception = [DNAT_EXCEPTION] if any(not net.internal for net in networks) else []
@@ -172,8 +177,9 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
             iso1_internal += [f"! -s {net.subnet} -o {br} -j DROP",
                               f"! -d {net.subnet} -i {br} -j DROP"]
             continue
-        iso1.append(f"-i {br} ! -o {br} -j {outbound}")
-        iso2.append(f"-o {br} -j DROP")
+        # Below the DNAT exception, oldest first: a new network's rule is appended.
+        iso1.insert(0, f"-i {br} ! -o {br} -j {outbound}")
+        iso2.insert(len(exception), f"-o {br} -j DROP")
         if net.masquerade:
             post.append(f"-s {net.subnet} ! -o {br} -j MASQUERADE")
         # Host 127.0.0.1 -> published port leaves on the bridge with a source the container

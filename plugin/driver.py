@@ -94,6 +94,9 @@ class Driver:
         # number per unpublish): a new endpoint given such an address removes them first.
         self._unpublished: dict[str, int] = {}
         self._serial = itertools.count()
+        # Odd while a call runs, and changed by every call: the periodic check, which reads
+        # the kernel without the lock, trusts a difference only if no call ran meanwhile.
+        self.epoch = 0
         threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
 
     @contextmanager
@@ -103,7 +106,11 @@ class Driver:
         if not self.ready.wait(deadline):
             raise Busy(f"pynet is still restoring its networks after {deadline:.0f}s; retry")
         with self.exclusive():
-            yield
+            self.epoch += 1
+            try:
+                yield
+            finally:
+                self.epoch += 1
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -233,6 +240,7 @@ class Driver:
             marked = self.store.mark_deleting("endpoints", endpoint_id)
         else:
             marked = self.store.mark_deleting("networks", network_id)
+        self.epoch += 2
         if marked:
             log.warning("busy: %s %s marked for deletion without the lock",
                         "endpoint" if endpoint_id else "network", (endpoint_id or network_id)[:12])

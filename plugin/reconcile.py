@@ -200,21 +200,34 @@ def _execute(actions: list[Action]) -> list[str]:
 
 
 def periodic(driver: Driver) -> list[str]:
-    """One periodic pass: finish answered deletes, look without the lock, repair with it.
+    """One periodic pass: finish answered deletes, look without the lock, repair what a quiet
+    look found.
 
-    Looking takes a few dumps (tens of milliseconds with hundreds of links) and nearly always
-    finds nothing; holding the driver's lock for it would stall every call meanwhile. Links
-    found wanting are looked at again under the lock, because from outside a call in progress
-    looks like an interrupted one. Rules need no driver lock: a firewall write always converges
-    on the records, under the firewall's own lock.
+    Looking takes a few dumps (tens of milliseconds with hundreds of networks) and nearly
+    always finds nothing; holding the driver's lock for it would stall every call meanwhile.
+    But from outside, a call in progress looks like damage (a record without its bridge or
+    rules yet), so a difference counts only if no call ran while looking (the driver's
+    epoch); the next pass looks again. Links are then planned again under the lock. Rules
+    need no driver lock: a firewall write always converges on the records, under the
+    firewall's own lock.
     """
     driver.reap()  # also retries what it failed at before
     note_in_container(driver)
     done: list[str] = []
-    if _link_actions(driver, deletes=False):
+    epoch = driver.epoch
+    if _link_actions(driver, deletes=False) and _quiet(driver, epoch):
         with driver.locked():
             done += _execute(_link_actions(driver, deletes=False))
-    return done + _execute(_firewall_actions(driver))
+    epoch = driver.epoch
+    rules = _firewall_actions(driver)
+    if rules and _quiet(driver, epoch):
+        done += _execute(rules)
+    return done
+
+
+def _quiet(driver: Driver, since: int) -> bool:
+    """No call was running at ``since`` and none ran after it."""
+    return since % 2 == 0 and driver.epoch == since
 
 
 def restore(driver: Driver) -> list[str]:

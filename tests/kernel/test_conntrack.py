@@ -1,0 +1,55 @@
+"""Unpublishing a container's ports forgets its tracked connections, and only those.
+
+A UDP client that keeps sending to a published port would otherwise stay bound to the old
+container's address through its conntrack entry. Runs in the host namespace (loopback
+addresses only), where dockerd's rules have the conntrack module loaded.
+"""
+
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from plugin.netlink import Netlink
+
+# Loopback addresses no other test uses; the flows never leave lo.
+CONTAINER, PEER, BYSTANDER = "127.0.0.71", "127.0.0.72", "127.0.0.73"
+
+
+def tracked(address: str) -> list[str]:
+    """conntrack-tools' view: entries with ``address`` as source or destination."""
+    found = []
+    for flag in ("-s", "-d"):
+        listing = subprocess.run(["conntrack", "-L", flag, address], capture_output=True,
+                                 text=True, check=False).stdout
+        found += [line for line in listing.splitlines() if line.strip()]
+    return found
+
+
+def udp_flow(source: str, destination: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.sendto(b"x", (destination, 9))
+
+
+@pytest.fixture
+def clean() -> Iterator[None]:
+    yield
+    for address in (CONTAINER, PEER, BYSTANDER):
+        subprocess.run(["conntrack", "-D", "-s", address], capture_output=True, check=False)
+        subprocess.run(["conntrack", "-D", "-d", address], capture_output=True, check=False)
+
+
+def test_flush_drops_the_address_flows_both_ways_and_nothing_else(clean: None) -> None:
+    udp_flow(CONTAINER, PEER)  # the container as client: orig source
+    udp_flow(PEER, CONTAINER)  # the container as server: orig destination
+    udp_flow(PEER, BYSTANDER)
+    assert len(tracked(CONTAINER)) == 2 and tracked(BYSTANDER)
+
+    dropped = Netlink().flush_conntrack(ipaddress.IPv4Address(CONTAINER))
+
+    assert dropped == 2
+    assert tracked(CONTAINER) == []
+    assert len(tracked(BYSTANDER)) == 1, "another address's flow must survive"

@@ -133,6 +133,11 @@ def release_free_memory() -> None:
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     os.makedirs(settings.socket_dir, exist_ok=True)
+    # Calls are short bursts of Python between syscalls, while the periodic check decodes
+    # every link and rule on the host in one go; with the default 5 ms switch interval each
+    # GIL hand-over made a call wait that long, and CreateNetwork took up to 400 ms at 200
+    # networks. Handing over every millisecond keeps calls moving.
+    sys.setswitchinterval(0.001)
     Server(settings).run()
     return 0
 

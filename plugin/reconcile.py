@@ -39,11 +39,14 @@ def plan(driver: Driver) -> list[Action]:
     return _link_actions(driver, deletes=True) + _firewall_actions(driver)
 
 
-def _link_actions(driver: Driver, deletes: bool) -> list[Action]:
+def _link_actions(driver: Driver, deletes: bool,
+                  links: dict[str, Link] | None = None) -> list[Action]:
     """Repairs of links, addresses and records; with ``deletes`` False, records marked for
-    deletion are left to the reaper, which is already on them."""
+    deletion are left to the reaper, which is already on them. ``links``: a dump already
+    made, else one is made."""
     store, netlink = driver.store, driver.netlink
-    links = {link.name: link for link in netlink.links()}
+    if links is None:
+        links = _links(driver)
     addresses = netlink.all_addresses()
     actions: list[Action] = []
     endpoints = store.endpoints()
@@ -93,13 +96,17 @@ def _dead_endpoint(e: EndpointRecord, links: dict[str, Link]) -> str | None:
     return None
 
 
-def note_in_container(driver: Driver) -> int:
+def _links(driver: Driver) -> dict[str, Link]:
+    return {link.name: link for link in driver.netlink.links()}
+
+
+def note_in_container(driver: Driver, links: dict[str, Link] | None = None) -> int:
     """Mark endpoints whose container end has left the host namespace; return how many.
 
     Without this, a container end found on the host is ambiguous for PEER_GRACE_SECONDS: not
     yet moved in, or moved back out because the container stopped while pynet was down.
     """
-    names = {link.name for link in driver.netlink.links()}
+    names = links if links is not None else _links(driver)
     marked = 0
     for e in driver.store.endpoints():
         if (e.state == READY and not e.in_container and e.host_veth in names
@@ -212,10 +219,11 @@ def periodic(driver: Driver) -> list[str]:
     firewall's own lock.
     """
     driver.reap()  # also retries what it failed at before
-    note_in_container(driver)
     done: list[str] = []
     epoch = driver.epoch
-    if _link_actions(driver, deletes=False) and _quiet(driver, epoch):
+    links = _links(driver)  # one dump serves both looks (each decodes every link on the host)
+    note_in_container(driver, links)
+    if _link_actions(driver, deletes=False, links=links) and _quiet(driver, epoch):
         with driver.locked():
             done += _execute(_link_actions(driver, deletes=False))
     epoch = driver.epoch

@@ -6,6 +6,7 @@ kernel work and flipped to ``ready`` after it; a record found in ``creating`` or
 start tells the reconciler exactly which half-done call to roll back or finish after a crash.
 """
 
+import copy
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from plugin.errors import Conflict
 log = logging.getLogger(__name__)
 
 CREATING, READY, DELETING = "creating", "ready", "deleting"
+
+NETWORK_CACHE = 4096  # decoded network records kept; a few per network ever seen
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -104,6 +107,7 @@ class Store:
         os.chmod(path, 0o600)
         self.path = path
         self._lock = threading.Lock()
+        self._networks: dict[str, NetworkRecord] = {}  # stored text -> decoded record
 
     def close(self) -> None:
         """Close the database."""
@@ -206,7 +210,21 @@ class Store:
     def _all(self, sql: str, args: tuple[Any, ...], build: Any) -> list[Any]:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
+        if build is _network:
+            return [self._network(row[0]) for row in rows]
         return [build(json.loads(row[0])) for row in rows]
+
+    def _network(self, text: str) -> NetworkRecord:
+        """The network stored as ``text``: every firewall render reads every network, and
+        decoding hundreds of them (each keeps its whole CreateNetwork request) cost
+        milliseconds per call. Callers get their own copy: they change its state before
+        writing it back (the request inside is never changed)."""
+        record = self._networks.get(text)
+        if record is None:
+            if len(self._networks) >= NETWORK_CACHE:
+                self._networks.clear()  # mostly superseded versions: cheaper to start over
+            record = self._networks[text] = _network(json.loads(text))
+        return copy.copy(record)
 
 
 def _network(data: dict[str, Any]) -> NetworkRecord:

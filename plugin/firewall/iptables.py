@@ -123,6 +123,11 @@ def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
     Rules that go at the top are inserted at 1 (last first) and rules that go at the bottom
     appended, because an insert at any other position makes iptables-nft read the whole chain.
     """
+    added = len(new) - len(old)
+    if added > 0 and new[added:] == old:  # a network create: its rules on top
+        return [f"-I {chain} 1 {rule}" for rule in reversed(new[:added])]
+    if added > 0 and new[:len(old)] == old:  # ... or appended
+        return [f"-A {chain} {rule}" for rule in new[len(old):]]
     edits: list[str] = []
     pos = 0  # index into the list as the edits so far have left it
     length = len(old)  # its length likewise

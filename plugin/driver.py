@@ -144,9 +144,10 @@ class Driver:
             return  # dockerd retried a call that succeeded
         if record is None:
             networks = self.store.networks()
-            self._drop_superseded(req, networks)
-            if any(n.state == DELETING and (n.bridge == bridge or parse_network(n).ipv4.pool
-                                            .overlaps(req.ipv4.pool)) for n in networks):
+            dropped = self._drop_superseded(req, networks)
+            if dropped or any(n.state == DELETING and (n.bridge == bridge or parse_network(n)
+                                                       .ipv4.pool.overlaps(req.ipv4.pool))
+                              for n in networks):
                 self.reap()  # the bridge name or subnet asked for is still being let go
             link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
             if link is not None and link.kind != "bridge":
@@ -170,15 +171,16 @@ class Driver:
         self.store.put_network(record)
 
     def _drop_superseded(self, req: protocol.CreateNetwork,
-                         networks: list[NetworkRecord]) -> None:
+                         networks: list[NetworkRecord]) -> bool:
         """Remove networks dockerd must have deleted while pynet could not be told.
 
         dockerd gives up on DeleteNetwork after ~15 s of retries when pynet is down, and drops
         the network anyway. Its own IPAM never hands out overlapping pools, so a new pool that
         overlaps a recorded one proves that network is gone; without this its bridge, routes,
-        rules and bridge name would stay taken for good."""
+        rules and bridge name would stay taken for good. True if any was marked for removal."""
         if req.ipv4.address_space != DOCKER_IPAM_SPACE:
-            return
+            return False
+        dropped = False
         for old in networks:
             prev = parse_network(old).ipv4
             if (old.id != req.network_id and old.state == READY
@@ -188,6 +190,8 @@ class Driver:
                             "%s, so it was removed while pynet was down", old.id[:12],
                             old.bridge, prev.pool, req.network_id[:12])
                 self.delete_network(protocol.NetworkRef(old.id))
+                dropped = True
+        return dropped
 
     def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
         br = record.bridge

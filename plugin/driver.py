@@ -451,8 +451,8 @@ class Driver:
         self._release_ports(record)
         self.store.put_endpoint(record)
         checkpoint("revoke_external.recorded")
-        # The reaper removes the rules, then the address's conntrack entries (dumping the
-        # table costs ~100 ms); a CreateEndpoint arriving first removes the rules itself.
+        # The reaper removes the rules, then the address's conntrack entries (three dumps);
+        # a CreateEndpoint given this address first removes the rules itself.
         self._unpublished[record.address] = next(self._serial)
         self._unflushed.put(ipaddress.ip_interface(record.address).ip)
         self._wake_reaper.set()

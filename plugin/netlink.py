@@ -9,6 +9,7 @@ own, so clean-up never touches a bridge the user made or another instance's link
 import errno
 import ipaddress
 import secrets
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pyroute2 import Conntrack, IPRoute
 from pyroute2.conntrack import NFCTAttrTuple
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from plugin.errors import Conflict, KernelError
 
@@ -33,6 +37,77 @@ class Link:
     alias: str
     master: int
     up: bool
+
+
+# Attribute numbers (linux/if_link.h, linux/if_addr.h) of the few values pynet reads.
+IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 4, 10, 18, 20
+IFLA_INFO_KIND = 1
+IFA_ADDRESS = 1
+_NLA_TYPE_MASK = 0x3FFF  # without the nested / byte-order flag bits
+# Where the attributes start in a message: after nlmsghdr (16 bytes) and ifinfomsg / ifaddrmsg.
+_LINK_ATTRS_AT, _ADDRESS_ATTRS_AT = 16 + 16, 16 + 8
+
+
+def _attributes(data: bytes, start: int, end: int, wanted: set[int]) -> dict[int, bytes]:
+    """The payloads of the ``wanted`` attributes in the netlink attribute chain data[start:end]."""
+    found: dict[int, bytes] = {}
+    end = min(end, len(data))
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("HH", data, start)
+        if length < 4 or start + length > end:
+            break  # malformed or cut short: what came before is all there is
+        if kind & _NLA_TYPE_MASK in wanted:
+            found.setdefault(kind & _NLA_TYPE_MASK, bytes(data[start + 4:start + length]))
+        start += (length + 3) & ~3
+    return found
+
+
+def _text(payload: bytes | None) -> str:
+    return payload.split(b"\0", 1)[0].decode(errors="replace") if payload else ""
+
+
+def _u32(payload: bytes | None) -> int:
+    return struct.unpack("I", payload[:4])[0] if payload and len(payload) >= 4 else 0
+
+
+class _LinkMessage(ifinfmsg):
+    """An RTM_NEWLINK reply read only as far as ``Link`` needs (``.link``).
+
+    pyroute2 makes an object per attribute (about 40 per link, 26 KiB per link in all). The
+    periodic check reads every link on the host, and at a few hundred links those short-lived
+    objects left Python's allocator holding ~15 MiB it never returned; reading five values
+    straight from the reply is also ~4x faster. pyroute2 still decodes the headers (its
+    documented way to customise a message: override decode, call the parent's)."""
+
+    nla_map = ()  # pyroute2 decodes no attributes; decode() picks its five
+
+    def decode(self) -> None:
+        super().decode()
+        attrs = _attributes(self.data, self.offset + _LINK_ATTRS_AT,
+                            self.offset + self["header"]["length"],
+                            {IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS})
+        info = attrs.get(IFLA_LINKINFO, b"")
+        kind = _attributes(info, 0, len(info), {IFLA_INFO_KIND}).get(IFLA_INFO_KIND)
+        self.link = Link(index=self["index"], name=_text(attrs.get(IFLA_IFNAME)),
+                         kind=_text(kind), mtu=_u32(attrs.get(IFLA_MTU)),
+                         alias=_text(attrs.get(IFLA_IFALIAS)),
+                         master=_u32(attrs.get(IFLA_MASTER)), up=bool(self["flags"] & 1))
+
+
+class _AddressMessage(ifaddrmsg):
+    """An RTM_NEWADDR reply read only for its link index and address (``.address``), for the
+    same reason as ``_LinkMessage``."""
+
+    nla_map = ()
+
+    def decode(self) -> None:
+        super().decode()
+        raw = _attributes(self.data, self.offset + _ADDRESS_ATTRS_AT,
+                          self.offset + self["header"]["length"],
+                          {IFA_ADDRESS}).get(IFA_ADDRESS)
+        self.address: Interface | None = None
+        if raw is not None and len(raw) in (4, 16):
+            self.address = ipaddress.ip_interface((ipaddress.ip_address(raw), self["prefixlen"]))
 
 
 def random_local_mac() -> str:
@@ -66,7 +141,9 @@ class Netlink:
 
     def _open(self) -> IPRoute:
         # groups=0: no multicast subscription; pynet asks, it never listens for events.
-        return IPRoute(netns=self._netns, groups=0) if self._netns else IPRoute(groups=0)
+        ipr = IPRoute(netns=self._netns, groups=0) if self._netns else IPRoute(groups=0)
+        ipr.register_policy({RTM_NEWLINK: _LinkMessage, RTM_NEWADDR: _AddressMessage})
+        return ipr
 
     def close(self) -> None:
         """Release the netlink socket."""
@@ -90,16 +167,14 @@ class Netlink:
 
     def get(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
-        index = self._index(name)
-        if index is None:
-            return None
-        msgs = self._call(f"reading link {name}", "get_links", index, tolerate=(errno.ENODEV,))
-        return _link(msgs[0]) if msgs else None
+        msgs = self._call(f"reading link {name}", "link", "get", ifname=name,
+                          tolerate=(errno.ENODEV,))
+        return msgs[0].link if msgs else None
 
     def links(self) -> Iterator[Link]:
         """Every link in this namespace."""
         for msg in self._call("listing links", "get_links"):
-            yield _link(msg)
+            yield msg.link
 
     def ensure_bridge(self, name: str, alias: str | None) -> bool:
         """Create bridge ``name`` if missing and bring it up; True if pynet created it now.
@@ -150,8 +225,8 @@ class Netlink:
         """Every address in the namespace by link index: one dump, however many links."""
         found: dict[int, set[Interface]] = {}
         for m in self._call("reading addresses", "get_addr"):
-            found.setdefault(m["index"], set()).add(
-                ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"))
+            if m.address is not None:
+                found.setdefault(m["index"], set()).add(m.address)
         return found
 
     def addresses(self, name: str) -> set[Interface]:
@@ -160,8 +235,7 @@ class Netlink:
         if link is None:
             return set()
         msgs = self._call(f"reading addresses of {name}", "get_addr", index=link.index)
-        return {ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
-                for m in msgs}
+        return {m.address for m in msgs if m.address is not None}
 
     def ensure_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str,
                     alias: str, hairpin: bool) -> None:
@@ -248,16 +322,3 @@ class Netlink:
             raise KernelError(f"link {name} does not exist")
         return link
 
-
-def _link(msg: object) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
-    return Link(
-        index=msg["index"],  # type: ignore[index]
-        name=msg.get_attr("IFLA_IFNAME"),  # type: ignore[attr-defined]
-        kind=kind or "",
-        mtu=msg.get_attr("IFLA_MTU") or 0,  # type: ignore[attr-defined]
-        alias=msg.get_attr("IFLA_IFALIAS") or "",  # type: ignore[attr-defined]
-        master=msg.get_attr("IFLA_MASTER") or 0,  # type: ignore[attr-defined]
-        up=bool(msg["flags"] & 1),  # type: ignore[index]
-    )

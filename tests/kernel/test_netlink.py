@@ -115,3 +115,31 @@ def test_veth_on_a_missing_bridge_names_the_bridge(nl: Netlink) -> None:
     with pytest.raises(KernelError, match="link nobr does not exist"):
         nl.ensure_veth("pnh0", "pnc0", "nobr", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
     assert nl.get("pnh0") is None
+
+
+def test_links_and_addresses_read_as_ip_shows_them(nl: Netlink, ns: str) -> None:
+    """pynet reads only a few attributes of each reply itself (plugin.netlink._LinkMessage);
+    every link and address it lists must match what iproute2 reports."""
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    nl.ensure_address("pnbr0", GW)
+    nl.ensure_address("pnbr0", ipaddress.ip_interface("fd00:231::1/64"))
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 1400, "02:42:0a:e7:fa:02", "pynet:k:ü2",
+                   hairpin=False)
+    subprocess.run(["ip", "-n", ns, "link", "set", "pnc0", "down"], check=True)
+    listed = {link.name: link for link in nl.links()}
+    shown = json.loads(subprocess.run(["ip", "-n", ns, "-j", "-d", "link", "show"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert sorted(listed) == sorted(s["ifname"] for s in shown)
+    names = {s["ifindex"]: s["ifname"] for s in shown}
+    for s in shown:
+        link = listed[s["ifname"]]
+        assert (link.index, link.mtu, link.alias, link.up) == \
+            (s["ifindex"], s["mtu"], s.get("ifalias", ""), "UP" in s["flags"])
+        assert link.kind == s.get("linkinfo", {}).get("info_kind", "")
+        assert names.get(link.master) == s.get("master")
+        assert nl.get(s["ifname"]) == link
+    assert listed["pnh0"].alias == "pynet:k:ü2" and listed["pnh0"].master == listed["pnbr0"].index
+    bridge = listed["pnbr0"].index
+    assert nl.all_addresses()[bridge] == nl.addresses("pnbr0") >= {
+        GW, ipaddress.ip_interface("fd00:231::1/64")}
+    assert {str(a) for a in nl.addresses("pnbr0")} == set(ip_addrs(ns, "pnbr0"))

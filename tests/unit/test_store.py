@@ -1,0 +1,67 @@
+"""The record store: cached network records stay correct, and which writes reach the disk."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "state"))
+    yield s
+    s.close()
+
+
+def network(network_id: str = "n1", bridge: str = "pn-n1") -> NetworkRecord:
+    return NetworkRecord(id=network_id, bridge=bridge, request={"Options": {}}, preexisting=False)
+
+
+def endpoint(endpoint_id: str = "e1") -> EndpointRecord:
+    return EndpointRecord(id=endpoint_id, network_id="n1", address="10.231.1.2/24",
+                          address_v6=None, mac="02:42:0a:e7:01:02", mac_given=False,
+                          host_veth="pnhe1", peer_veth="pnce1")
+
+
+def synchronous(store: Store) -> str:
+    """The connection's flush setting after the last write (1 NORMAL, 2 FULL)."""
+    return {1: "NORMAL", 2: "FULL"}[store._db.execute("PRAGMA synchronous").fetchone()[0]]
+
+
+def test_callers_get_copies_and_see_every_update(store: Store) -> None:
+    store.put_network(network())
+    first = store.network("n1")
+    first.state = READY  # a caller's change is not the store's until written
+    assert store.network("n1").state != READY
+    store.put_network(first)
+    assert store.network("n1").state == store.networks()[0].state == READY
+    assert store.mark_deleting("networks", "n1")
+    assert store.network_by_bridge("pn-n1").state == DELETING
+
+
+def test_a_deleted_network_leaves_nothing_cached(store: Store) -> None:
+    for i in range(5):
+        store.put_network(network(f"n{i}", f"pn-n{i}"))
+    store.networks()
+    for i in range(5):
+        store.delete_network(f"n{i}")
+    assert store.networks() == [] and store._networks == {}
+
+
+def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> None:
+    store.put_endpoint(endpoint())
+    assert synchronous(store) == "NORMAL"
+    store.put_network(network())
+    assert synchronous(store) == "FULL"
+    store.mark_in_container("e1")
+    assert synchronous(store) == "NORMAL"
+    store.mark_deleting("networks", "n1")
+    assert synchronous(store) == "FULL"
+    store.mark_deleting("endpoints", "e1")
+    store.delete_endpoint("e1")
+    assert synchronous(store) == "NORMAL"
+    store.delete_network("n1")
+    assert synchronous(store) == "FULL"
+    assert store.endpoints() == [] and store.networks() == []

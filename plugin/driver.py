@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"
 DOCKER_IPAM_SPACE = "LocalDefault"  # the address space of dockerd's built-in IPAM
+# The reaper starts once no call has come for REAP_LULL seconds, or after REAP_DEFER_MAX.
+REAP_LULL, REAP_DEFER_MAX = 0.1, 2.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Driver:
         self._deleter = netlink.sibling()
         self._reap_lock = threading.Lock()
         self._wake_reaper = threading.Event()
+        self._call_came = threading.Event()  # set by every call: the reaper waits for a lull
         self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
         # Container addresses whose port rules the reaper has not removed yet (with a serial
         # number per unpublish): a new endpoint given such an address removes them first.
@@ -105,6 +108,7 @@ class Driver:
         deadline = self.settings.call_deadline
         if not self.ready.wait(deadline):
             raise Busy(f"pynet is still restoring its networks after {deadline:.0f}s; retry")
+        self._call_came.set()
         with self.exclusive():
             self.epoch += 1
             try:
@@ -162,7 +166,11 @@ class Driver:
         try:
             self.build_network(record, req)
             checkpoint("create_network.bridge_built")
-            self.sync_firewall()
+            # Only additions: rules of networks and ports being deleted are the reaper's to
+            # remove (a `docker network create` right after an rm would otherwise pay for the
+            # deletions). They cannot touch this network: a pending delete with its bridge
+            # name or an overlapping subnet was finished above.
+            self.sync_firewall(keep=True)
             checkpoint("create_network.rules_applied")
         except Exception:
             self._roll_back(self.teardown_network, record)
@@ -254,10 +262,22 @@ class Driver:
         while True:
             self._wake_reaper.wait()
             self._wake_reaper.clear()
+            self._await_lull()
             try:
                 self.reap()
             except Exception:
                 log.exception("finishing deletes failed; the next reconcile retries")
+
+    def _await_lull(self) -> None:
+        """Wait until calls pause. A delete's kernel work (an nft batch that deletes: 15-40 ms;
+        each link deletion holds the kernel's rtnl lock 20-40 ms) would stall the calls that
+        come meanwhile, typically the `docker network create` / `docker run` right after a
+        `docker rm` / `docker network rm`; their answers matter, the deletes are answered."""
+        give_up = time.monotonic() + REAP_DEFER_MAX
+        while time.monotonic() < give_up:
+            self._call_came.clear()
+            if not self._call_came.wait(REAP_LULL) and self.epoch % 2 == 0:
+                return
 
     def reap(self) -> None:
         """Finish answered deletes: rules first (one batch), then links, then records.
@@ -494,7 +514,8 @@ class Driver:
                      for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
         return render(self.chains, specs, ports, docker)
 
-    def sync_firewall(self, fresh: bool = False) -> bool:
+    def sync_firewall(self, fresh: bool = False, keep: bool = False) -> bool:
         """Make pynet's chains match the records; True if anything changed. ``fresh`` reads
-        the kernel first instead of trusting what pynet last wrote (repairs need that)."""
-        return self.iptables.apply(self.rules, fresh=fresh)
+        the kernel first instead of trusting what pynet last wrote (repairs need that).
+        ``keep``: only add rules, leave removals to the reaper (see create_network)."""
+        return self.iptables.apply(self.rules, fresh=fresh, keep=keep)

@@ -150,6 +150,27 @@ def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
     return edits
 
 
+def with_leftovers(old: list[str], new: list[str]) -> list[str]:
+    """``new`` with the rules of ``old`` that it drops kept where they are: the same additions
+    and no deletions. Added rules go above kept ones (a new network's rules go on top)."""
+    added = len(new) - len(old)
+    if added >= 0 and (new[added:] == old or new[:len(old)] == old):
+        return new  # nothing dropped: the common case, without difflib
+    merged: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new,
+                                                       autojunk=False).get_opcodes():
+        merged += new[j1:j2] + (old[i1:i2] if tag != "equal" else [])
+    return merged
+
+
+def keeping_leftovers(rules: RuleSet, current: Dump) -> RuleSet:
+    """``rules`` plus whatever pynet's chains hold beyond them now (see ``with_leftovers``)."""
+    chains = {table: {chain: with_leftovers(current.chain(table, chain) or [], wanted)
+                      for chain, wanted in wanted_chains.items()}
+              for table, wanted_chains in rules.chains.items()}
+    return RuleSet(chains, rules.hooks)
+
+
 def build_batch(rules: RuleSet, current: Dump) -> str | None:
     """The restore input that turns ``current`` into ``rules``; None if nothing differs."""
     out: list[str] = []
@@ -258,9 +279,11 @@ class IPTables:
         return build_batch(render(current), current)
 
     def apply(self, render: Callable[[Dump], RuleSet], fresh: bool = False,
-              attempts: int = 3) -> bool:
+              keep: bool = False, attempts: int = 3) -> bool:
         """Make the kernel match ``render(current rules)``; True if anything had to change.
         ``fresh`` reads the kernel instead of trusting the remembered picture (repairs).
+        ``keep`` only adds: rules the render no longer has stay for a later apply to remove
+        (with nft a batch that deletes costs 15-40 ms, one that only adds ~2 ms).
 
         The rule set depends on what exists (dockerd's chains may or may not be there), hence a
         function of the dump. dockerd may delete, flush or reorder its chains between a read
@@ -272,6 +295,8 @@ class IPTables:
                 current = self._known if attempt == 0 and self._known and not fresh \
                     else self.save()
                 rules = render(current)
+                if keep:
+                    rules = keeping_leftovers(rules, current)
                 batch = build_batch(rules, current)
                 if batch is None:
                     self._known = current

@@ -13,7 +13,14 @@ import re
 
 import pytest
 
-from plugin.firewall.iptables import Dump, build_batch, hook_fix, parse_save, teardown_batch
+from plugin.firewall.iptables import (
+    Dump,
+    build_batch,
+    hook_fix,
+    keeping_leftovers,
+    parse_save,
+    teardown_batch,
+)
 from plugin.firewall.rules import Chains, Hook, NetworkSpec, PortSpec, RuleSet, hooks, render
 
 C = Chains("PT")
@@ -317,6 +324,23 @@ def test_a_new_network_only_inserts_rules() -> None:
     # At the top or appended: iptables-nft reads a whole chain to insert at rule N > 1.
     assert not re.search(r"^-I \S+ ([2-9]|\d\d)", batch, re.M), batch
     converge(render(C, [other, one()], [], True), before)
+
+
+def test_a_create_during_pending_deletes_adds_and_leaves_the_deletes() -> None:
+    """CreateNetwork applies with ``keep``: the rules of a network and of ports being deleted
+    stay for the reaper's batch, which then removes exactly those."""
+    other = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.129.0/24"))
+    newer = NetworkSpec("pt-br2", ipaddress.IPv4Network("10.231.128.0/24"))
+    before = converge(render(C, [other, one()], [PortSpec("pt-br0", CIP, "tcp", 80, None,
+                                                          18080)], True), parse_save(BASELINE))
+    rules = render(C, [newer, one()], [], True)  # pt-br1 and the port are being deleted
+    batch = build_batch(keeping_leftovers(rules, before), before) or ""
+    assert "-D " not in batch and "-I PT-FORWARD 1 -o pt-br2" in batch
+    during = converge(keeping_leftovers(rules, before), before)
+    assert any("pt-br1" in r for r in during.chain("filter", "PT-FORWARD") or [])
+    assert any("18080" in r for r in during.chain("nat", "PT-DNAT") or [])
+    reaped = converge(rules, during)
+    assert reaped.tables == converge(rules, parse_save(BASELINE)).tables
 
 
 def test_new_docker_network_above_the_hook_is_left_alone() -> None:

@@ -87,10 +87,11 @@ def test_demo_create_run_ping_by_name_and_remove(pynet: Instance, res: Resources
     client = docker("run", "--rm", "--network", net, "busybox:local", "ping", "-c1", "-W2",
                     web, check=False)
     assert client.returncode == 0, client.stdout + client.stderr
-    veths = [v["ifname"] for v in links("veth") if v.get("master") == br]
-    assert len(veths) == 1
-    for v in veths:
-        assert link(v)["mtu"] == 1400
+    def web_veth_only() -> list[str]:  # the client's goes once its delete is reaped
+        veths = [v["ifname"] for v in links("veth") if v.get("master") == br]
+        return veths if len(veths) == 1 else []
+    veth, = wait_for("the --rm client's veth to go", web_veth_only)
+    assert link(veth)["mtu"] == 1400
 
     docker("rm", "-f", web)
     assert wait_for("veth removal", lambda: not [v for v in links("veth")

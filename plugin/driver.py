@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"
 DOCKER_IPAM_SPACE = "LocalDefault"  # the address space of dockerd's built-in IPAM
-# The reaper starts once no call has come for REAP_LULL seconds, or after REAP_DEFER_MAX.
-REAP_LULL, REAP_DEFER_MAX = 0.1, 2.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,6 @@ class Driver:
         self._deleter = netlink.sibling()
         self._reap_lock = threading.Lock()
         self._wake_reaper = threading.Event()
-        self._call_came = threading.Event()  # set by every call: the reaper waits for a lull
         self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
         # Container addresses whose port rules the reaper has not removed yet (with a serial
         # number per unpublish): a new endpoint given such an address removes them first.
@@ -108,7 +105,6 @@ class Driver:
         deadline = self.settings.call_deadline
         if not self.ready.wait(deadline):
             raise Busy(f"pynet is still restoring its networks after {deadline:.0f}s; retry")
-        self._call_came.set()
         with self.exclusive():
             self.epoch += 1
             try:
@@ -153,7 +149,7 @@ class Driver:
                                                        .ipv4.pool.overlaps(req.ipv4.pool))
                               for n in networks):
                 self.reap()  # the bridge name or subnet asked for is still being let go
-            link = self.netlink.get(bridge) if self.netlink.exists(bridge) else None
+            link = self.netlink.get(bridge)
             if link is not None and link.kind != "bridge":
                 raise InvalidRequest(f"interface {bridge} exists and is a {link.kind or 'device'}"
                                      ", not a bridge; choose another "
@@ -262,22 +258,10 @@ class Driver:
         while True:
             self._wake_reaper.wait()
             self._wake_reaper.clear()
-            self._await_lull()
             try:
                 self.reap()
             except Exception:
                 log.exception("finishing deletes failed; the next reconcile retries")
-
-    def _await_lull(self) -> None:
-        """Wait until calls pause. A delete's kernel work (an nft batch that deletes: 15-40 ms;
-        each link deletion holds the kernel's rtnl lock 20-40 ms) would stall the calls that
-        come meanwhile, typically the `docker network create` / `docker run` right after a
-        `docker rm` / `docker network rm`; their answers matter, the deletes are answered."""
-        give_up = time.monotonic() + REAP_DEFER_MAX
-        while time.monotonic() < give_up:
-            self._call_came.clear()
-            if not self._call_came.wait(REAP_LULL) and self.epoch % 2 == 0:
-                return
 
     def reap(self) -> None:
         """Finish answered deletes: rules first (one batch), then links, then records.

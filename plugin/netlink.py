@@ -274,12 +274,8 @@ class Netlink:
         if hairpin:
             self._call(f"setting hairpin on {host}", "brport", "set", ifname=host, mode=1)
 
-    def exists(self, name: str) -> bool:
-        """Whether link ``name`` exists (a cheap lookup, unlike ``get``)."""
-        return self._index(name) is not None
-
     def _index(self, name: str) -> int | None:
-        """The index of link ``name`` (a cheap lookup, unlike a full read)."""
+        """The index of link ``name``, or None."""
         found = self._call(f"looking up link {name}", "link_lookup", ifname=name)
         return found[0] if found else None
 

@@ -138,10 +138,12 @@ class Store:
             self._db.execute("COMMIT")
 
     def put_network(self, record: NetworkRecord) -> None:
-        """Insert or update a network; refuses a bridge name another network holds."""
+        """Insert or update a network; refuses a bridge name another network holds. Only the
+        ``creating`` state is not flushed to disk: it describes kernel objects that do not
+        outlive a power cut either, and the ``ready`` write flushes it along."""
         data = json.dumps(asdict(record))
         try:
-            with self._tx() as db:
+            with self._tx(flushed=record.state != CREATING) as db:
                 db.execute(
                     "INSERT INTO networks (id, bridge, state, data) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET bridge=excluded.bridge, "

@@ -53,7 +53,11 @@ def test_a_deleted_network_leaves_nothing_cached(store: Store) -> None:
 def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> None:
     store.put_endpoint(endpoint())
     assert synchronous(store) == "NORMAL"
-    store.put_network(network())
+    record = network()
+    store.put_network(record)  # creating: its kernel objects do not outlive a power cut
+    assert synchronous(store) == "NORMAL"
+    record.state = READY
+    store.put_network(record)
     assert synchronous(store) == "FULL"
     store.mark_in_container("e1")
     assert synchronous(store) == "NORMAL"

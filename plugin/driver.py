@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,8 @@ class Driver:
         self._lock = threading.RLock()
         self._deleter = netlink.sibling()
         self._reap_lock = threading.Lock()
+        # Kernel work a call can overlap with its own (CreateNetwork's iptables-restore).
+        self._side = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
         self._wake_reaper = threading.Event()
         self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
         # Container addresses whose port rules the reaper has not removed yet (with a serial
@@ -160,13 +163,18 @@ class Driver:
             self.store.put_network(record)  # refuses a bridge another network holds
             checkpoint("create_network.recorded")
         try:
-            self.build_network(record, req)
-            checkpoint("create_network.bridge_built")
-            # Only additions: rules of networks and ports being deleted are the reaper's to
-            # remove (a `docker network create` right after an rm would otherwise pay for the
-            # deletions). They cannot touch this network: a pending delete with its bridge
-            # name or an overlapping subnet was finished above.
-            self.sync_firewall(keep=True)
+            # The rules name the bridge, they do not need it: iptables-restore runs while the
+            # bridge is built. Only additions: rules of networks and ports being deleted are
+            # the reaper's to remove (a `docker network create` right after an rm would
+            # otherwise pay for the deletions). They cannot touch this network: a pending
+            # delete with its bridge name or an overlapping subnet was finished above.
+            rules = self._side.submit(self.sync_firewall, keep=True)
+            try:
+                self.build_network(record, req)
+                checkpoint("create_network.bridge_built")
+            finally:
+                futures.wait([rules])
+            rules.result()
             checkpoint("create_network.rules_applied")
         except Exception:
             self._roll_back(self.teardown_network, record)

@@ -12,6 +12,7 @@ on the host's own address or 127.0.0.1.
 """
 
 import argparse
+import http.server
 import ipaddress
 import json
 import os
@@ -20,10 +21,12 @@ import re
 import secrets
 import signal
 import socket
+import socketserver
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,6 +114,9 @@ def figures() -> dict[str, Figure]:
     rows = [
         Figure("net_create", "network create", "ms", "ratio", 0.6),
         Figure("net_rm", "network rm", "ms", "ratio", 0.6),
+        # The no-op remote driver's network create in the pynet column: dockerd's own share,
+        # the floor for any remote driver (see NoopDriver).
+        Figure("net_floor", "network create, no-op remote driver", "ms", "info"),
         Figure("run", "container run (create+start)", "ms", "ratio", 1.05),
         Figure("rm", "container rm", "ms", "info"),
         Figure("connect", "network connect", "ms", "info"),
@@ -429,6 +435,57 @@ def echoes(address: str, port: int) -> bool:
         return False
 
 
+class _NoopHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every remote-driver call at once: capabilities, activation, or ``{}``."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as dockerd's plugin client expects
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = {"/Plugin.Activate": {"Implements": ["NetworkDriver"]},
+                "/NetworkDriver.GetCapabilities": {"Scope": "local"}}.get(self.path, {})
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.docker.plugins.v1+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the benchmark's output is the table."""
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        conn, _ = self.socket.accept()
+        return conn, ("local", 0)  # http.server wants a (host, port) client address
+
+
+class NoopDriver:
+    """A remote driver that does nothing, served from this process: `docker network create`
+    with it is what dockerd spends on a remote-driver network create by itself (CLI, API,
+    IPAM, its store, the DOCKER-USER jump it re-arranges on every create), which no remote
+    driver can go below. Shown next to the bridge driver's figure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = f"/run/docker/plugins/{name}.sock"
+        self._server: _UnixServer | None = None
+
+    def start(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+        self._server = _UnixServer(self.path, _NoopHandler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        Path(self.path).unlink(missing_ok=True)
+
+
 @dataclass
 class Run:
     """Everything one benchmark run needs: its lab, the drivers, the figures."""
@@ -437,6 +494,7 @@ class Run:
     pynet: str  # the instance's driver name
     params: Params
     host_ip: str
+    noop: str  # the no-op remote driver's name
     figs: dict[str, Figure] = field(default_factory=figures)
     retried: list[str] = field(default_factory=list)
     stopped: str = ""  # why growth ended early, if it did
@@ -458,6 +516,12 @@ class Run:
 
     def record(self, key: str, driver: str, value: float) -> None:
         self.figs[key].add(driver, value)
+
+    def floor(self) -> None:
+        """The no-op driver's network create (and rm, untimed), beside bridge's."""
+        net, ms = self.lab.create_network(self.noop, self.lab.name("nn"))
+        self.record("net_floor", "pynet", ms)
+        docker("network", "rm", net.name)
 
     def iteration(self, label: str, driver: str) -> None:
         """One round of every per-call and data-plane figure for one driver."""
@@ -729,12 +793,15 @@ def measure(bench: Run, inst: Instance, log: Callable[[str], None]) -> dict[str,
             # kernel doing in the background (removing containers, ...) falls on each alike.
             for label, driver in bench.drivers(pynet_first=i % 2 == 1):
                 bench.iteration(label, driver)
+            bench.floor()
 
         def undo_round(saved: dict = saved) -> None:
             bench.restore(saved)
             lab.cleanup()
         attempt(f"iteration {i + 1}", one_round, undo_round, log, bench.retried)
         log(f"iteration {i + 1}/{p.iterations} done")
+    # The floor row compares the no-op driver with bridge's own network creates.
+    bench.figs["net_floor"].samples[BRIDGE] = list(bench.figs["net_create"].samples[BRIDGE])
     made = {label: 0 for label, _ in bench.drivers()}
     try:
         grow(bench, made, log)
@@ -786,12 +853,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     inst = new_instance()
     lab = Lab(Subnets(str(POOL), SUBNET_PREFIX))
+    noop = NoopDriver(f"pb-{lab.tag}-noop")
     profiler = None
     started = time.monotonic()
     calls: dict[str, list[float]] = {}
     try:
+        noop.start()
         inst.start()
-        bench = Run(lab, inst.name, params, host_address())
+        bench = Run(lab, inst.name, params, host_address(), noop.name)
         if args.profile:
             assert inst.proc is not None
             profiler = start_profiler(worker_pid(inst.proc.pid), args.profile)
@@ -802,6 +871,7 @@ def main(argv: list[str] | None = None) -> int:
             log("cleaning up")
             stop_profiler(profiler)
             leftovers = clean_up(lab, inst, args.keep_log, log)
+            noop.stop()
     rows = [judge(f) for f in bench.figs.values()]
     info = machine()
     print(f"\nmachine: {info['nproc']} cores ({info['cpu']}), kernel {info['kernel']}, "

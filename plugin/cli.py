@@ -62,9 +62,10 @@ def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
 
 
 # gthread's pool: calls served at once. It starts threads as calls overlap, up to this many;
-# the worker also runs its main thread, the reconciler and the reaper.
+# the worker also runs its main thread, the reconciler, the reaper and the driver's side
+# thread (CreateNetwork's iptables-restore).
 CALL_THREADS = 8
-WORKER_THREADS = 1 + 2 + CALL_THREADS
+WORKER_THREADS = 1 + 3 + CALL_THREADS
 
 
 class Server(BaseApplication):  # type: ignore[misc]

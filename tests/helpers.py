@@ -60,9 +60,12 @@ def docker(*args: str, check: bool = True,
 
 
 def docker_ok() -> bool:
-    """True when dockerd answers."""
-    return run([DOCKER, "info", "--format", "{{.ServerVersion}}"], check=False,
-               timeout=10).returncode == 0
+    """True when dockerd answers (a starting dockerd may hold a request: that is a no)."""
+    try:
+        return run([DOCKER, "info", "--format", "{{.ServerVersion}}"], check=False,
+                   timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def ensure_dockerd() -> None:

@@ -276,8 +276,8 @@ class Netlink:
 
     def _index(self, name: str) -> int | None:
         """The index of link ``name``, or None."""
-        found = self._call(f"looking up link {name}", "link_lookup", ifname=name)
-        return found[0] if found else None
+        link = self.get(name)
+        return link.index if link else None
 
     def flush_conntrack(self, address: ipaddress.IPv4Address) -> int:
         """Forget tracked connections to or from ``address`` so a later container that gets

@@ -29,6 +29,15 @@ MAX_ERR = 1000
 BODYLESS = frozenset({"GetCapabilities"})
 
 
+def loggable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with control characters, backslashes and non-ASCII
+    escaped (a newline becomes the two characters \\n). Request values go into pynet's one-line
+    log records and dockerd's: raw, a newline in a URL (``NetworkDriver.Foo%0a...``) would start
+    a line that reads like pynet's own. Plain ASCII, every name dockerd sends, stays as it is."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return cut.encode("unicode_escape").decode("ascii")
+
+
 def _reply(payload: dict[str, Any], status: int = 200) -> Response:
     err = payload.get("Err")
     if isinstance(err, str) and len(err) > MAX_ERR:
@@ -153,7 +162,8 @@ def create_app(driver: Driver) -> Flask:
                 return _reply(STATELESS_CALLS[method](_body(method)))
             if method not in DRIVER_CALLS:
                 outcome = "unknown"
-                return _reply({"Err": f"unknown method NetworkDriver.{method:.80}"}, 404)
+                return _reply({"Err": f"unknown method NetworkDriver.{loggable(method, 80)}"},
+                              404)
             checkpoint(f"received.{method}")  # as if pynet were down when the call came
             body = _body(method, driver)
             try:
@@ -175,7 +185,8 @@ def create_app(driver: Driver) -> Flask:
             outcome = "failed"
             raise
         finally:
-            log.info("%.80s %.1000s %.1fms", method, outcome, (time.monotonic() - started) * 1000)
+            log.info("%s %s %.1fms", loggable(method, 80), loggable(outcome, MAX_ERR),
+                     (time.monotonic() - started) * 1000)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -24,7 +24,8 @@ from plugin.options import (
     parse_network_options,
 )
 
-_ID = re.compile(r"[0-9a-f]{64}")
+ID_LENGTH = 64  # dockerd's network and endpoint ids: 64 lower-case hex digits
+_ID = re.compile(f"[0-9a-f]{{{ID_LENGTH}}}")
 # Options whose values reach netlink, sysctl paths or iptables rules. No valid value of any of
 # them holds whitespace, quotes, ';', '%', backslashes or non-ASCII, so it is refused here,
 # whatever its parser would make of it (Python's int() accepts " 1400\n" and "١٤٠٠").
@@ -36,6 +37,29 @@ PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 PORTMAP = "com.docker.network.portmap"
 EXPOSED_PORTS = "com.docker.network.endpoint.exposedports"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# Ranges no pool may overlap. pynet puts the gateway on the bridge with the pool's prefix, so the
+# host gets a route for the whole pool: one of these would take addresses the host itself needs
+# (its loopback, link-local services such as cloud metadata, multicast, its default route) and
+# send them to the bridge. Docker's own address pools lie outside all of them.
+FORBIDDEN_POOLS: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(cidr), reason) for cidr, reason in (
+        ("0.0.0.0/8", "'this network', the source of hosts without an address yet"),
+        ("127.0.0.0/8", "loopback, the host's own addresses"),
+        ("169.254.0.0/16", "link-local, where hosts reach services such as cloud metadata"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved, including the broadcast address 255.255.255.255"),
+        ("::/128", "the unspecified address"),
+        ("::1/128", "loopback, the host's own address"),
+        ("fe80::/10", "link-local, which every IPv6 interface uses for neighbour discovery"),
+        ("ff00::/8", "multicast"),
+    )
+)
+_POOL_ADVICE = ("use a private range such as 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or "
+                "fd00::/8, or leave --subnet out and let dockerd pick one")
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -71,7 +95,7 @@ def _unscoped(value: str, name: str) -> str:
     return value
 
 
-def _interface(value: str, name: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+def _interface(value: str, name: str) -> Interface:
     try:
         return ipaddress.ip_interface(_unscoped(value, name))
     except ValueError:
@@ -95,32 +119,83 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
 class IPAMData:
     """One IPAM pool as dockerd sends it; the gateway keeps the pool's prefix length."""
 
-    pool: ipaddress.IPv4Network | ipaddress.IPv6Network
-    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
-    aux_addresses: dict[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+    pool: Network
+    gateway: Interface | None
+    aux_addresses: dict[str, Interface]
     address_space: str = ""  # "LocalDefault": dockerd's own IPAM, which never overlaps pools
+    aux_prefixed: frozenset[str] = frozenset()  # aux addresses sent with a prefix length
+
+    def check_host_safety(self) -> None:
+        """Refuse a pool or gateway that would take addresses or routes from the host."""
+        check_pool_is_safe(self.pool)
+        if self.gateway is not None:
+            _check_pool_prefix(self.gateway, "Gateway", self.pool)
+        for key in self.aux_prefixed:
+            _check_pool_prefix(self.aux_addresses[key], f"aux address {key!r:.80}", self.pool)
+
+
+def check_pool_is_safe(pool: Network) -> Network:
+    """Refuse a pool whose route would take over addresses the host needs (FORBIDDEN_POOLS),
+    or, with prefix length 0, every address including the default route."""
+    if pool.prefixlen == 0:
+        raise InvalidRequest(f"Pool {pool} is the whole IPv{pool.version} address space: its "
+                             f"route on the bridge would replace the host's default route; "
+                             f"{_POOL_ADVICE}")
+    for forbidden, reason in FORBIDDEN_POOLS:
+        if pool.version == forbidden.version and pool.overlaps(forbidden):
+            raise InvalidRequest(f"Pool {pool} overlaps {forbidden} ({reason}): its route on "
+                                 f"the bridge would take those addresses from the host; "
+                                 f"{_POOL_ADVICE}")
+    return pool
+
+
+def _check_pool_prefix(address: Interface, name: str, pool: Network) -> Interface:
+    """Refuse an address whose prefix length is not its pool's: the gateway goes on the bridge
+    as given, and "10.9.0.1/1" would route 0.0.0.0/1, half the Internet, to the bridge."""
+    if address.network.prefixlen != pool.prefixlen:
+        raise InvalidRequest(
+            f"{name} {str(address)!r} has prefix length /{address.network.prefixlen} but its pool "
+            f"{pool} has /{pool.prefixlen}; give it with the pool's prefix, as dockerd does: "
+            f"{address.ip}/{pool.prefixlen}")
+    return address
+
+
+def _pool(text: str, version: int) -> Network:
+    try:
+        pool = ipaddress.ip_network(_unscoped(text, "Pool"))
+    except ValueError:
+        raise InvalidRequest(f"Pool {text!r:.80} is not a network in CIDR form") from None
+    if pool.version != version:
+        raise InvalidRequest(f"Pool {text!r} is not an IPv{version} network")
+    return pool
+
+
+def _gateway(text: str, pool: Network) -> Interface:
+    gateway = _interface(text, "Gateway")
+    if gateway.ip not in pool:
+        raise InvalidRequest(f"Gateway {text!r} is outside the pool {pool}")
+    return gateway
+
+
+def _aux_address(key: str, text: Any, pool: Network) -> Interface:
+    """dockerd sends aux addresses with the pool's prefix; a bare address is taken as it is,
+    since only its address is used."""
+    name = f"aux address {key!r:.80}"
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{name} must be a string, got {text!r:.80}")
+    return _interface(text, name)
 
 
 def _ipam(entry: Any, version: int) -> IPAMData:
     entry = _object(entry, "an IPAM data entry")
-    pool_text = _field(entry, "Pool", str)
-    try:
-        pool = ipaddress.ip_network(_unscoped(pool_text, "Pool"))
-    except ValueError:
-        raise InvalidRequest(f"Pool {pool_text!r:.80} is not a network in CIDR form") from None
-    if pool.version != version:
-        raise InvalidRequest(f"Pool {pool_text!r} is not an IPv{version} network")
+    pool = _pool(_field(entry, "Pool", str), version)
     gateway_text = _field(entry, "Gateway", str, "")
-    gateway = _interface(gateway_text, "Gateway") if gateway_text else None
-    if gateway is not None and gateway.ip not in pool:
-        raise InvalidRequest(f"Gateway {gateway_text!r} is outside the pool {pool_text}")
-    aux = {}
-    for key, text in _field(entry, "AuxAddresses", dict, {}).items():
-        if not isinstance(text, str):
-            raise InvalidRequest(f"aux address {key!r:.80} must be a string, got {text!r:.80}")
-        aux[key] = _interface(text, f"aux address {key!r:.80}")
+    gateway = _gateway(gateway_text, pool) if gateway_text else None
+    given = _field(entry, "AuxAddresses", dict, {})
+    aux = {key: _aux_address(key, text, pool) for key, text in given.items()}
     return IPAMData(pool=pool, gateway=gateway, aux_addresses=aux,
-                    address_space=_field(entry, "AddressSpace", str, ""))
+                    address_space=_field(entry, "AddressSpace", str, ""),
+                    aux_prefixed=frozenset(k for k, text in given.items() if "/" in text))
 
 
 @dataclass(frozen=True)
@@ -153,6 +228,13 @@ class CreateNetwork:
         if v4[0].gateway is None and not options.internal:
             raise InvalidRequest(f"IPv4 pool {v4[0].pool} has no gateway; give --gateway")
         return cls(network_id, options, v4[0], v6[0] if v6 else None, body)
+
+    def check_host_safety(self) -> None:
+        """For a new network (not a stored one: what an earlier release accepted and built
+        must go on parsing): refuse pools and gateways that would take from the host."""
+        for ipam in (self.ipv4, self.ipv6):
+            if ipam is not None:
+                ipam.check_host_safety()
 
 
 @dataclass(frozen=True)

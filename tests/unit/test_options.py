@@ -96,3 +96,10 @@ def test_non_string_option_value_is_refused() -> None:
 def test_internal_must_be_a_bool() -> None:
     with pytest.raises(InvalidRequest, match="JSON boolean"):
         parse_network_options({"com.docker.network.internal": "true"})
+
+
+def test_option_key_in_an_error_carries_no_raw_newline() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse_network_options({"com.docker.network.generic": {"x\nFAKE log line": 1}})
+    assert "\n" not in str(err.value)
+    assert "'x\\nFAKE log line'" in str(err.value)

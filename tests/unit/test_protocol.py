@@ -127,3 +127,100 @@ def test_bad_bindings_are_refused(over: dict, match: str) -> None:
 def test_body_must_be_an_object() -> None:
     with pytest.raises(InvalidRequest, match="JSON object"):
         protocol.NetworkRef.parse([NID])
+
+
+def ipam(pool: str, gateway: str = "", **aux: str) -> list[dict]:
+    entry: dict = {"AddressSpace": "LocalDefault", "Pool": pool, "AuxAddresses": aux}
+    if gateway:
+        entry["Gateway"] = gateway
+    return [entry]
+
+
+def v6_body(pool: str, gateway: str = "", **aux: str) -> dict:
+    return network_body(IPv6Data=ipam(pool, gateway, **aux))
+
+
+@pytest.mark.parametrize("body,wanted", [
+    (network_body(IPv4Data=ipam("10.9.0.0/24", "10.9.0.1/1")), "10.9.0.1/24"),
+    (network_body(IPv4Data=ipam("10.9.0.0/24", "10.9.0.1/30")), "10.9.0.1/24"),
+    (network_body(IPv4Data=ipam("10.9.0.0/24", "10.9.0.1")), "10.9.0.1/24"),
+    (v6_body("fd00:1::/64", "fd00:1::1/8"), "fd00:1::1/64"),
+])
+def test_gateway_with_another_prefix_than_its_pool_is_refused(body: dict, wanted: str) -> None:
+    with pytest.raises(InvalidRequest, match="Gateway .* has prefix length .* but its pool") as err:
+        protocol.CreateNetwork.parse(body).check_host_safety()
+    assert f"give it with the pool's prefix, as dockerd does: {wanted}" in str(err.value)
+
+
+@pytest.mark.parametrize("body", [
+    network_body(IPv4Data=ipam("10.9.0.0/24", "10.9.0.1/24", a1="10.9.0.200/8")),
+    v6_body("fd00:1::/64", "fd00:1::1/64", a1="fd00:1::200/0"),
+])
+def test_aux_address_with_another_prefix_than_its_pool_is_refused(body: dict) -> None:
+    with pytest.raises(InvalidRequest, match="aux address 'a1' .* has prefix length"):
+        protocol.CreateNetwork.parse(body).check_host_safety()
+
+
+def test_aux_address_without_prefix_is_taken_as_it_is() -> None:
+    req = protocol.CreateNetwork.parse(
+        network_body(IPv4Data=ipam("10.9.0.0/24", "10.9.0.1/24", a1="10.9.0.200")))
+    assert req.ipv4.aux_addresses["a1"].ip == ipaddress.ip_address("10.9.0.200")
+
+
+@pytest.mark.parametrize("pool,forbidden", [
+    ("127.0.0.0/8", "127.0.0.0/8"), ("127.1.2.0/24", "127.0.0.0/8"),
+    ("169.254.169.0/24", "169.254.0.0/16"), ("169.0.0.0/8", "169.254.0.0/16"),
+    ("224.0.0.0/24", "224.0.0.0/4"), ("239.255.0.0/16", "224.0.0.0/4"),
+    ("0.0.0.0/8", "0.0.0.0/8"), ("0.1.0.0/16", "0.0.0.0/8"), ("0.0.0.0/1", "0.0.0.0/8"),
+    ("240.0.0.0/4", "240.0.0.0/4"), ("255.255.255.0/24", "240.0.0.0/4"),
+])
+def test_ipv4_pool_over_a_host_range_is_refused(pool: str, forbidden: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"Pool {pool} overlaps {forbidden} ") as err:
+        protocol.CreateNetwork.parse(network_body(
+            IPv4Data=ipam(pool, f"{ipaddress.ip_network(pool)[1]}/{pool.split('/')[1]}"))
+        ).check_host_safety()
+    assert "use a private range such as 10.0.0.0/8" in str(err.value)
+
+
+@pytest.mark.parametrize("pool,forbidden", [
+    ("::1/128", "::1/128"), ("::/128", "::/128"), ("::/96", "::/128"),
+    ("fe80::/64", "fe80::/10"), ("fe80::/10", "fe80::/10"),
+    ("ff02::/16", "ff00::/8"), ("ff00::/8", "ff00::/8"),
+])
+def test_ipv6_pool_over_a_host_range_is_refused(pool: str, forbidden: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"Pool {pool} overlaps {forbidden} "):
+        protocol.CreateNetwork.parse(v6_body(pool)).check_host_safety()
+
+
+@pytest.mark.parametrize("body", [network_body(IPv4Data=ipam("0.0.0.0/0", "10.0.0.1/0")),
+                                  v6_body("::/0", "fd00::1/0")])
+def test_pool_of_every_address_is_refused(body: dict) -> None:
+    with pytest.raises(InvalidRequest, match="is the whole IPv. address space: .* default route"):
+        protocol.CreateNetwork.parse(body).check_host_safety()
+
+
+@pytest.mark.parametrize("forbidden", [net for net, _ in protocol.FORBIDDEN_POOLS],
+                         ids=str)
+def test_every_forbidden_range_is_refused(
+        forbidden: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    with pytest.raises(InvalidRequest, match=f"overlaps {forbidden} "):
+        protocol.check_pool_is_safe(forbidden)
+
+
+@pytest.mark.parametrize("pool,gateway", [
+    ("10.0.0.0/8", "10.0.0.1/8"), ("10.231.30.0/24", "10.231.30.1/24"),
+    ("172.16.0.0/12", "172.16.0.1/12"), ("172.18.0.0/16", "172.18.0.1/16"),
+    ("192.168.0.0/16", "192.168.0.1/16"), ("192.168.1.0/24", "192.168.1.1/24"),
+])
+def test_private_ipv4_pools_are_accepted(pool: str, gateway: str) -> None:
+    req = protocol.CreateNetwork.parse(network_body(IPv4Data=ipam(pool, gateway)))
+    assert req.ipv4.pool == ipaddress.ip_network(pool)
+    assert req.ipv4.gateway == ipaddress.ip_interface(gateway)
+
+
+@pytest.mark.parametrize("pool,gateway", [("fd00::/64", "fd00::1/64"),
+                                          ("2001:db8::/64", "2001:db8::1/64"),
+                                          ("fd12:3456:789a::/48", "fd12:3456:789a::1/48")])
+def test_ordinary_ipv6_pools_are_accepted(pool: str, gateway: str) -> None:
+    req = protocol.CreateNetwork.parse(v6_body(pool, gateway, a1=gateway.replace("::1/", "::9/")))
+    assert req.ipv6 is not None and req.ipv6.gateway == ipaddress.ip_interface(gateway)

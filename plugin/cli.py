@@ -17,7 +17,6 @@ from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
 from plugin.firewall.iptables import IPTables
-from plugin.firewall.rules import hooks
 from plugin.netlink import Netlink
 from plugin.ports import PortReservations
 from plugin.store import Store
@@ -173,7 +172,7 @@ def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
               "'docker network rm' first", file=sys.stderr)
         return 1
     driver = build_driver(settings)
-    removed = driver.iptables.remove_all(driver.chains, hooks(driver.chains, True))
+    removed = driver.iptables.remove_all(driver.chains)
     print("removed pynet's iptables chains and jumps" if removed else "nothing to remove")
     return 0
 

@@ -29,7 +29,6 @@ from plugin.errors import Busy, InvalidRequest, KernelError, NotFound
 from plugin.faults import checkpoint
 from plugin.firewall.iptables import Dump, IPTables
 from plugin.firewall.rules import (
-    DOCKER_ISOLATION_1,
     DOCKER_ISOLATION_2,
     Chains,
     NetworkSpec,
@@ -38,6 +37,7 @@ from plugin.firewall.rules import (
     render,
 )
 from plugin.netlink import Netlink, mac_from_ipv4
+from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6
 from plugin.ports import ANY, PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
@@ -143,6 +143,8 @@ class Driver:
         """Build the bridge, its addresses and its rules, or nothing at all."""
         bridge = req.options.bridge_name or f"pn-{req.network_id[:12]}"
         record = self.store.network(req.network_id)
+        if record is None:
+            self._check_supported(req)
         if record is not None and record.state == READY:
             return  # dockerd retried a call that succeeded
         if record is None:
@@ -181,6 +183,27 @@ class Driver:
             raise
         record.state = READY
         self.store.put_network(record)
+
+    def _check_supported(self, req: protocol.CreateNetwork) -> None:
+        """Refuse networks pynet cannot build as safely as the bridge driver would."""
+        req.check_host_safety()
+        for key, mode in ((GATEWAY_MODE_IPV4, req.options.gateway_mode_ipv4),
+                          (GATEWAY_MODE_IPV6, req.options.gateway_mode_ipv6)):
+            if mode != "nat":  # NAT with the direct-routing protection, Docker's default
+                raise InvalidRequest(f"{key}={mode} is not supported by pynet yet (it builds "
+                                     "nat only); leave the option out or use -d bridge for "
+                                     "this network")
+        if req.ipv6 is not None:
+            raise InvalidRequest(
+                "IPv6 networks are not supported by pynet yet: it has no IPv6 firewall, so "
+                "the network's containers would be open to every other network over IPv6; "
+                "create the network without --ipv6")
+        forwarding = self.sysctl.read("net/ipv4/ip_forward")
+        if not req.options.internal and forwarding is not None and forwarding.strip() != "1":
+            raise InvalidRequest(
+                "IP forwarding is off on the host (net.ipv4.ip_forward=0), so containers "
+                "could not reach beyond their network; enable it (sysctl -w "
+                "net.ipv4.ip_forward=1) or create the network with --internal")
 
     def _drop_superseded(self, req: protocol.CreateNetwork,
                          networks: list[NetworkRecord]) -> bool:
@@ -374,6 +397,10 @@ class Driver:
         """Hand the container end to dockerd with the network's gateways."""
         _, net = self._ready_network(req.network_id)
         record = self._ready_endpoint(req.endpoint_id)
+        if net.options.internal:
+            # No default route, as the bridge driver since Docker 25: nothing off the subnet
+            # is reachable, the host's other addresses included.
+            return Joined(record.peer_veth, net.options.iface_prefix, None, None)
         aux = net.ipv4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
         gateway = aux.ip if aux is not None else (net.ipv4.gateway.ip if net.ipv4.gateway
                                                   else None)
@@ -494,7 +521,8 @@ class Driver:
         for network in reversed(networks):  # newest first, as the bridge driver stacks them
             net = parse_network(network)
             specs.append(NetworkSpec(network.bridge, net.ipv4.pool, net.options.internal,
-                                     net.options.enable_icc, net.options.enable_ip_masquerade))
+                                     net.options.enable_icc, net.options.enable_ip_masquerade,
+                                     net.options.trusted_host_interfaces))
             for endpoint in endpoints_of.get(network.id, []):
                 ip = ipaddress.ip_interface(endpoint.address).ip
                 for p in endpoint.ports:
@@ -502,9 +530,8 @@ class Driver:
                     ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
                                           None if host_ip == ANY else host_ip, p.host_port,
                                           net.options.enable_icc))
-        docker = all(current.chain("filter", c) is not None
-                     for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
-        return render(self.chains, specs, ports, docker)
+        stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
+        return render(self.chains, specs, ports, stages)
 
     def sync_firewall(self, fresh: bool = False, keep: bool = False) -> bool:
         """Make pynet's chains match the records; True if anything changed. ``fresh`` reads

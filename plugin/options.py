@@ -23,16 +23,17 @@ HOST_BINDING_IPV4 = "com.docker.network.bridge.host_binding_ipv4"
 INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
 MTU = "com.docker.network.driver.mtu"
 IFACE_PREFIX = "com.docker.network.container_iface_prefix"
+TRUSTED_HOST_INTERFACES = "com.docker.network.bridge.trusted_host_interfaces"
+GATEWAY_MODE_IPV4 = "com.docker.network.bridge.gateway_mode_ipv4"
+GATEWAY_MODE_IPV6 = "com.docker.network.bridge.gateway_mode_ipv6"
+ENABLE_IPV4 = "com.docker.network.enable_ipv4"  # a top-level option (--ipv4), not under -o
+GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")  # Docker 27+
 
 # Keys the built-in driver knows but whose effect pynet does not need (markers, or options of
 # newer engines that 20.10 also ignores); accepted without a warning.
 KNOWN_IGNORED = frozenset(
     {
         "com.docker.network.bridge.default_bridge",
-        "com.docker.network.bridge.gateway_mode_ipv4",
-        "com.docker.network.bridge.gateway_mode_ipv6",
-        "com.docker.network.enable_ipv4",
-        "com.docker.network.bridge.trusted_host_interfaces",
     }
 )
 
@@ -68,6 +69,14 @@ def check_ifname(what: str, name: str, max_len: int = IFNAMSIZ) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def parse_gateway_mode(key: str, value: str) -> str:
+    """One of Docker's gateway modes (whether pynet builds it is the driver's decision)."""
+    if value not in GATEWAY_MODES:
+        raise InvalidRequest(f"{key} value {value!r} is not a gateway mode: use one of "
+                             f"{', '.join(GATEWAY_MODES)}")
+    return value
 
 
 def parse_mtu(value: str) -> int:
@@ -109,6 +118,9 @@ class NetworkOptions:
     iface_prefix: str = "eth"
     internal: bool = False
     enable_ipv6: bool = False
+    trusted_host_interfaces: tuple[str, ...] = ()
+    gateway_mode_ipv4: str = "nat"
+    gateway_mode_ipv6: str = "nat"
 
 
 def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
@@ -120,7 +132,8 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
         )
     for key, value in generic.items():
         if not isinstance(value, str):
-            raise InvalidRequest(f"option {key} must be a string, got {value!r}")
+            # repr: the key is the user's, and the message reaches pynet's log and dockerd's
+            raise InvalidRequest(f"option {key!r:.80} must be a string, got {value!r:.80}")
     fields: dict[str, Any] = {}
     if BRIDGE_NAME in generic:
         fields["bridge_name"] = check_ifname("bridge name", generic[BRIDGE_NAME])
@@ -135,14 +148,26 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
     if IFACE_PREFIX in generic:
         # The kernel appends an index (eth0, eth12): keep room for it.
         fields["iface_prefix"] = check_ifname("interface prefix", generic[IFACE_PREFIX], 12)
-    for key in ("com.docker.network.internal", "com.docker.network.enable_ipv6"):
-        value = options.get(key, False)
+    if TRUSTED_HOST_INTERFACES in generic:
+        fields["trusted_host_interfaces"] = tuple(
+            check_ifname(f"{TRUSTED_HOST_INTERFACES} interface", name)
+            for name in generic[TRUSTED_HOST_INTERFACES].split(":") if name)
+    for key, attr in ((GATEWAY_MODE_IPV4, "gateway_mode_ipv4"),
+                      (GATEWAY_MODE_IPV6, "gateway_mode_ipv6")):
+        if key in generic:
+            fields[attr] = parse_gateway_mode(key, generic[key])
+    for key in ("com.docker.network.internal", "com.docker.network.enable_ipv6", ENABLE_IPV4):
+        value = options.get(key, key == ENABLE_IPV4)
         if not isinstance(value, bool):
             raise InvalidRequest(f"{key} must be a JSON boolean, got {value!r}")
+    if not options.get(ENABLE_IPV4, True):
+        raise InvalidRequest("IPv6-only networks (--ipv4=false) are not supported by pynet yet; "
+                             "create the network with IPv4")
     fields["internal"] = options.get("com.docker.network.internal", False)
     fields["enable_ipv6"] = options.get("com.docker.network.enable_ipv6", False)
     known = {BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, INHIBIT_IPV4, MTU,
-             IFACE_PREFIX} | KNOWN_IGNORED
+             IFACE_PREFIX, TRUSTED_HOST_INTERFACES, GATEWAY_MODE_IPV4,
+             GATEWAY_MODE_IPV6} | KNOWN_IGNORED
     for key in sorted(set(generic) - known):
         log.info("ignoring unknown network option %r=%r", key, generic[key])
     return NetworkOptions(**fields)

@@ -24,7 +24,7 @@ from plugin.firewall.rules import Chains, Hook, RuleSet
 
 log = logging.getLogger(__name__)
 
-TABLES = ("filter", "nat")
+TABLES = ("filter", "nat", "raw")
 TIMEOUT = 5.0  # seconds; a wedged xtables lock must not hang docker run
 
 
@@ -83,36 +83,56 @@ def _other_interface(rule: str) -> bool:
                for i, p in enumerate(parts))
 
 
-def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
-    """restore-format lines that leave exactly one ``hook`` at its place in ``rules``.
+def _jumps_to(rule: str, targets: set[str]) -> bool:
+    parts = rule.split()
+    return len(parts) >= 2 and parts[-2] in ("-j", "-g") and parts[-1] in targets
 
-    A hook with ``after`` must come below the jumps it names and below nothing that could
-    match pynet's traffic first: dockerd keeps re-inserting DOCKER-USER and
-    DOCKER-ISOLATION-STAGE-1 at the top, with each new network's rules right below them, and
-    other pynet instances' hooks sit there too. So it may have above it bare jumps (including
-    the named ones) and rules bound to some interface, which are dockerd's for its bridges;
-    moving it back above those after every ``docker network create`` would cost an nft rule
-    deletion each time and buy nothing. Two instances never take turns moving their hooks,
-    and a stray duplicate jump further down (dockerd's delete-and-insert keeps duplicates)
-    changes nothing. A hook that must move goes to the end of the chain's opening block of
-    bare jumps. Other hooks go anywhere above the chain's ``-j RETURN``.
+
+def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
+    """restore-format lines that leave exactly one ``hook`` at its place in ``rules``, and no
+    other jump to its chain (an earlier release's form of the same hook).
+
+    A hook with ``after`` must come below the jumps it names and, unless it goes ``last``,
+    below nothing that could match pynet's traffic first: dockerd keeps re-inserting its jumps
+    at the top, with (on 20.10) each new network's rules right below them, and other pynet
+    instances' hooks sit there too. So it may have above it bare jumps (except those named in
+    ``before``) and rules bound to some interface, which are dockerd's for its bridges and
+    cannot match pynet's traffic; moving it back above those after every ``docker network
+    create`` would cost an nft rule deletion each time and buy nothing. Two instances never
+    take turns moving their hooks, and a stray duplicate jump further down changes nothing.
+    Other hooks go anywhere above the chain's ``-j RETURN``.
     """
     where = [i for i, r in enumerate(rules) if r == hook.rule]
-    others = [r for r in rules if r != hook.rule]
+    stale = [r for r in rules if r != hook.rule and _jumps_to(r, {hook.target})]
+    others = [r for r in rules if r != hook.rule and r not in stale]
+    fix = [f"-D {hook.chain} {r}" for r in stale]
+    if len(where) == 1 and _in_place(hook, rules, where[0]):
+        return fix
+    fix += [f"-D {hook.chain} {hook.rule}"] * len(where)
+    if hook.last:
+        return fix + [f"-A {hook.chain} {hook.rule}"]
     target = 0
     if hook.after:
-        named = {f"-j {name}" for name in hook.after}.intersection(rules)
-        if len(where) == 1 and named.issubset(rules[:where[0]]) \
-                and all(_bare_jump(r) or _other_interface(r) for r in rules[:where[0]]):
-            return []
-        while target < len(others) and _bare_jump(others[target]):
+        before = {f"-j {name}" for name in hook.before}
+        while target < len(others) and _bare_jump(others[target]) \
+                and others[target] not in before:
             target += 1
-    else:
-        returns = [i for i, r in enumerate(rules) if r == "-j RETURN"]
-        if len(where) == 1 and (not returns or where[0] < returns[0]):
-            return []
-    fix = [f"-D {hook.chain} {hook.rule}"] * len(where)
     return fix + [f"-I {hook.chain} {target + 1} {hook.rule}"]
+
+
+def _in_place(hook: Hook, rules: list[str], at: int) -> bool:
+    """Whether the hook at index ``at`` of ``rules`` may stay there (see ``hook_fix``)."""
+    above = rules[:at]
+    if hook.after:
+        named = {f"-j {name}" for name in hook.after}.intersection(rules)
+        if not named.issubset(above):
+            return False
+        if hook.last:
+            return True
+        if {f"-j {name}" for name in hook.before}.intersection(above):
+            return False
+        return all(_bare_jump(r) or _other_interface(r) for r in above)
+    return "-j RETURN" not in above
 
 
 def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
@@ -188,11 +208,9 @@ def build_batch(rules: RuleSet, current: Dump) -> str | None:
             else:
                 lines += chain_edits(chain, existing, wanted)
         for hook in rules.hooks:
-            if hook.table != table:
-                continue
-            existing = current.chain(table, hook.chain)
-            if existing is not None:
-                lines += hook_fix(hook, existing)
+            if hook.table == table:  # a built-in chain: absent only while its table is empty
+                lines += hook_fix(hook, current.chain(table, hook.chain) or [])
+        lines += removal(current, table, rules.retired.get(table, []))
         if declare or lines:
             out += [f"*{table}", *declare, *lines, "COMMIT"]
     return "\n".join(out) + "\n" if out else None
@@ -202,26 +220,35 @@ def applied(current: Dump, rules: RuleSet) -> Dump | None:
     """What ``current`` reads as once ``rules`` are in; None if hooks had to move, because
     their chains are dockerd's and only a fresh read tells where its rules went."""
     for hook in rules.hooks:
-        existing = current.chain(hook.table, hook.chain)
-        if existing is not None and hook_fix(hook, existing):
+        if hook_fix(hook, current.chain(hook.table, hook.chain) or []):
             return None
+    if any(removal(current, table, names) for table, names in rules.retired.items()):
+        return None
     tables = {table: dict(chains) for table, chains in current.tables.items()}
     for table, chains in rules.chains.items():
         tables.setdefault(table, {}).update(chains)
     return Dump(tables)
 
 
-def teardown_batch(chains: Chains, hooks: list[Hook], current: Dump) -> str | None:
-    """The restore input that removes pynet's hooks and chains; None if none are left."""
+def removal(current: Dump, table: str, names: list[str]) -> list[str]:
+    """restore-format lines that remove the chains ``names`` of ``table`` and every jump to
+    them from other chains; none if they are gone."""
+    present = [c for c in names if current.chain(table, c) is not None]
+    if not present:
+        return []
+    lines = [f"-D {chain} {rule}"
+             for chain, rules in current.tables.get(table, {}).items() if chain not in present
+             for rule in rules if _jumps_to(rule, set(present))]
+    return lines + [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+
+
+def teardown_batch(chains: Chains, current: Dump) -> str | None:
+    """The restore input that removes pynet's chains, earlier releases' included, and every
+    jump to them; None if none are left."""
     out: list[str] = []
+    retired = chains.retired()
     for table, owned in chains.owned().items():
-        lines: list[str] = []
-        for hook in hooks:
-            if hook.table == table:
-                existing = current.chain(table, hook.chain) or []
-                lines += [f"-D {hook.chain} {hook.rule}"] * existing.count(hook.rule)
-        present = [c for c in owned if current.chain(table, c) is not None]
-        lines += [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+        lines = removal(current, table, owned + retired.get(table, []))
         if lines:
             out += [f"*{table}", *lines, "COMMIT"]
     return "\n".join(out) + "\n" if out else None
@@ -313,12 +340,12 @@ class IPTables:
                 return True
             return True
 
-    def remove_all(self, chains: Chains, hooks: list[Hook], attempts: int = 3) -> bool:
+    def remove_all(self, chains: Chains, attempts: int = 3) -> bool:
         """Remove pynet's hooks and chains (uninstall); True if anything was there."""
         with self._lock:
             self._known = None
             for attempt in range(attempts):
-                batch = teardown_batch(chains, hooks, self.save())
+                batch = teardown_batch(chains, self.save())
                 if batch is None:
                     return False
                 try:

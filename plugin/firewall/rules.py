@@ -1,29 +1,40 @@
 """pynet's iptables rules as data: records in, one rule set for all of pynet's chains out.
 
-Pure functions, no I/O, so every option combination is unit-testable. The structure mirrors what
-Docker's bridge driver builds (reference §2.4), but in chains of pynet's own so that dockerd's
-habit of deleting, flushing and reordering its ``DOCKER*`` chains cannot take pynet's rules with
-it; pynet only hooks one jump into each built-in chain.
+Pure functions, no I/O, so every option combination is unit-testable. The rules do what the
+newest bridge driver's do (Docker 29), in chains of pynet's own, on every engine: dockerd's
+chains differ per engine (20.10's isolation stages, 28's ``DOCKER-FORWARD``, 29's
+``DOCKER-INTERNAL``, none at all with 29's nftables backend) and dockerd deletes, flushes and
+reorders them, so pynet decides about its own bridges itself and never relies on a rule or a
+chain policy it does not own.
 
-Deliberate differences from the built-in driver (README, "Differences"):
-* Published ports are done in the kernel (DNAT + hairpin + route_localnet), not by docker-proxy
-  processes, so the DNAT rules carry no ``! -i BR``, there is no nat ``-i BR -j RETURN``, and
-  ``-s 127.0.0.0/8 -o BR -j MASQUERADE`` gives host loopback connections a usable source.
-* Isolation lets DNATed connections through (``--ctstate DNAT -j RETURN``), which is how a
-  container on another network reaches a published port via the host address without a proxy.
-* Internal networks' drops come before that exception: nothing leaves an internal network.
+The layout, per network (``BR`` its bridge):
+
+* raw ``<P>-RAW`` (from ``PREROUTING``): a packet for the network's subnet that did not come
+  from ``BR`` is dropped before any NAT or routing (Docker 28's direct-routing protection, per
+  subnet instead of per container), unless it is for a host address or arrives on one of the
+  network's trusted host interfaces; a packet from ``BR`` to 127.0.0.0/8 is dropped
+  (``route_localnet=1`` on the bridge would otherwise let containers reach host services bound
+  to loopback).
+* filter ``<P>-FORWARD``, hooked right below ``DOCKER-USER`` and above all of dockerd's
+  FORWARD rules: what enters ``BR`` (replies, published ports, same-network traffic if icc)
+  is accepted and everything else entering ``BR`` dropped; internal networks drop whatever
+  leaves them too.
+* filter ``<P>-EGRESS``, hooked below dockerd's FORWARD rules: what leaves ``BR`` for elsewhere
+  is accepted there, after dockerd had its say, so Docker's own networks stay closed to pynet's
+  containers as they are to each other (on engines with isolation stages, through them).
+* nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
+  ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
 """
 
 import ipaddress
 from dataclasses import dataclass, field
 
-# Docker's chains, which pynet hooks into when dockerd runs with iptables enabled.
+# Docker's chains that pynet's placement and rules refer to.
 DOCKER_USER = "DOCKER-USER"
-DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"
+DOCKER_FORWARD = "DOCKER-FORWARD"  # 28 and 29 (iptables backend)
+DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"  # 20.10 and 28
 DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
-
-# Lets connections to a published port through isolation (the proxy's job in Docker).
-DNAT_EXCEPTION = "-m conntrack --ctstate DNAT -j RETURN"
+LOOPBACK = "127.0.0.0/8"
 
 
 @dataclass(frozen=True)
@@ -37,16 +48,16 @@ class Chains:
         return f"{self.prefix}-FORWARD"
 
     @property
-    def isolation1(self) -> str:
-        return f"{self.prefix}-ISOLATION-1"
-
-    @property
-    def isolation2(self) -> str:
-        return f"{self.prefix}-ISOLATION-2"
+    def egress(self) -> str:
+        return f"{self.prefix}-EGRESS"
 
     @property
     def ports(self) -> str:
         return f"{self.prefix}-PORTS"
+
+    @property
+    def raw(self) -> str:
+        return f"{self.prefix}-RAW"
 
     @property
     def dnat(self) -> str:
@@ -58,8 +69,14 @@ class Chains:
 
     def owned(self) -> dict[str, list[str]]:
         """Every chain pynet owns, per table."""
-        return {"filter": [self.forward, self.isolation1, self.isolation2, self.ports],
-                "nat": [self.dnat, self.postrouting]}
+        return {"filter": [self.forward, self.egress, self.ports],
+                "nat": [self.dnat, self.postrouting],
+                "raw": [self.raw]}
+
+    def retired(self) -> dict[str, list[str]]:
+        """Chains earlier releases made (hooked into Docker's isolation stages): removed,
+        with every jump to them, wherever they are found."""
+        return {"filter": [f"{self.prefix}-ISOLATION-1", f"{self.prefix}-ISOLATION-2"]}
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class NetworkSpec:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    trusted: tuple[str, ...] = ()  # host interfaces that may route to the containers
 
 
 @dataclass(frozen=True)
@@ -88,56 +106,84 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class Hook:
-    """A jump from a built-in (or Docker) chain into one of pynet's chains."""
+    """A jump from a built-in chain into one of pynet's chains.
+
+    ``after``: chains whose jumps must come above it; ``before``: chains whose jumps must come
+    below it. A hook that must move goes to the end of the chain's opening block of bare jumps
+    (but above any ``before`` jump), or, with ``last``, to the end of the chain.
+    """
 
     table: str
     chain: str
     rule: str  # exactly as iptables-save prints it, without "-A CHAIN"
-    # Belongs in the chain's opening block of bare jumps, below the jumps to these chains.
     after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    last: bool = False
+
+    @property
+    def target(self) -> str:
+        return self.rule.split()[-1]
 
 
 @dataclass
 class RuleSet:
-    """The full content of pynet's chains, and the hooks that lead into them."""
+    """The full content of pynet's chains, the hooks that lead into them, and the chains of
+    earlier releases to remove."""
 
     chains: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     hooks: list[Hook] = field(default_factory=list)
+    retired: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _proto(proto: str, port: int, direction: str = "--dport") -> str:
     return f"-p {proto} -m {proto} {direction} {port}"
 
 
-def network_filter_rules(c: Chains, net: NetworkSpec) -> tuple[list[str], list[str]]:
-    """The FORWARD rules of one network: (its block, what goes at the end of the chain).
-
-    The order is the bridge driver's: it inserts a network's rules at the top but appends the
-    enable_icc=false DROP at the very end (reference §2.4). Each rule names the network's own
-    bridge, so the place changes nothing; keeping Docker's makes the two comparable line by
-    line.
-    """
+def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
+    """The ``<P>-FORWARD`` rules of one network: what may enter its bridge, and for internal
+    networks what may leave it. Each rule names the network's own bridge."""
     br = net.bridge
     intra = [f"-i {br} -o {br} -j ACCEPT"] if net.icc else []
-    last = [] if net.icc else [f"-i {br} -o {br} -j DROP"]
     if net.internal:
-        return intra, last
+        return [*intra, f"-o {br} -j DROP", f"-i {br} -j DROP"]
     return [
         f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         f"-o {br} -j {c.ports}",
-        f"-i {br} ! -o {br} -j ACCEPT",
         *intra,
-    ], last
+        f"-o {br} -j DROP",
+    ]
+
+
+def network_raw_rules(net: NetworkSpec) -> list[str]:
+    """The ``<P>-RAW`` rules of one network (see the module docstring)."""
+    br, subnet = net.bridge, net.subnet
+    localnet = [] if net.internal else [f"-d {LOOPBACK} -i {br} -j DROP"]
+    trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
+    return [*localnet, *trusted,
+            f"-d {subnet} ! -i {br} -m addrtype ! --dst-type LOCAL -j DROP"]
+
+
+def egress_rules(net: NetworkSpec, docker_stages: bool) -> list[str]:
+    """The ``<P>-EGRESS`` rules of one non-internal network. On engines with isolation stages
+    (20.10, 28), Docker's bridges are closed by its stage 2 chain, which drops what enters
+    them from elsewhere; pynet sends its own traffic through it, as Docker does its own."""
+    br = net.bridge
+    stage = [f"-i {br} ! -o {br} -j {DOCKER_ISOLATION_2}"] if docker_stages else []
+    return [*stage, f"-i {br} -j ACCEPT"]
 
 
 def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]:
-    """(filter PORTS, nat DNAT, nat POSTROUTING) rules of one published port."""
+    """(filter PORTS, nat DNAT, nat POSTROUTING) rules of one published port.
+
+    The accept needs the connection to be DNATed: a packet routed to the container address
+    directly is no use of the published port (Docker 28+ drops those too, in its raw table).
+    """
     match = _proto(p.proto, p.port)
-    accept = [f"-d {p.container_ip}/32 ! -i {p.bridge} -o {p.bridge} {match} -j ACCEPT"]
+    dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
+    accept = [f"-d {p.container_ip}/32 ! -i {p.bridge} -o {p.bridge} {match} {dnatted}"]
     if not p.icc:
         # Same-network peers still reach a published port through the host address.
-        accept.append(f"-d {p.container_ip}/32 -i {p.bridge} -o {p.bridge} {match} "
-                      "-m conntrack --ctstate DNAT -j ACCEPT")
+        accept.append(f"-d {p.container_ip}/32 -i {p.bridge} -o {p.bridge} {match} {dnatted}")
     dest = f"-d {p.host_ip}/32 " if p.host_ip is not None else ""
     dnat = [f"{dest}{_proto(p.proto, p.host_port)} -j DNAT "
             f"--to-destination {p.container_ip}:{p.port}"]
@@ -146,46 +192,34 @@ def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]
 
 
 def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
-           docker_chains: bool) -> RuleSet:
+           docker_stages: bool) -> RuleSet:
     """The complete rule set for ``networks`` (newest first) and their published ``ports``.
 
-    ``docker_chains`` says whether dockerd's isolation chains exist; then pynet hooks into them
-    so its networks and Docker's own are isolated from each other in both directions.
+    ``docker_stages`` says whether dockerd's isolation stage chains exist (20.10, 28).
 
-    A network's rules match only its bridge, so their order across networks does not matter;
-    it is chosen so that a new network's rules go at the top or the bottom of each chain.
-    iptables-nft inserts there without reading the chain, while inserting at rule N reads
-    all of it: ~17 ms with a few thousand rules, on every network create.
+    A network's rules match only its bridge or subnet, so their order across networks does
+    not matter; newest first puts a new network's rules at the top of each chain, where
+    iptables-nft inserts without reading the chain (inserting at rule N reads all of it).
     """
-    # Only non-internal networks publish ports; with none, pynet's chains stay empty.
-    exception = [DNAT_EXCEPTION] if any(not net.internal for net in networks) else []
     forward: list[str] = []
-    appended: list[str] = []  # oldest network's first, as successive appends leave them
-    iso1_internal: list[str] = []
-    iso1: list[str] = []
-    iso2: list[str] = list(exception)
+    egress: list[str] = []
+    raw: list[str] = []
     filter_ports: list[str] = []
     dnat: list[str] = []
     post: list[str] = []
-    outbound = DOCKER_ISOLATION_2 if docker_chains else c.isolation2
     for net in networks:
-        block, last = network_filter_rules(c, net)
-        forward += block
-        appended[:0] = last
-        br = net.bridge
+        forward += network_filter_rules(c, net)
+        raw += network_raw_rules(net)
         if net.internal:
-            iso1_internal += [f"! -s {net.subnet} -o {br} -j DROP",
-                              f"! -d {net.subnet} -i {br} -j DROP"]
             continue
-        # Below the DNAT exception, oldest first: a new network's rule is appended.
-        iso1.insert(0, f"-i {br} ! -o {br} -j {outbound}")
-        iso2.insert(len(exception), f"-o {br} -j DROP")
+        egress += egress_rules(net, docker_stages)
+        br = net.bridge
         if net.masquerade:
             post.append(f"-s {net.subnet} ! -o {br} -j MASQUERADE")
         # Host 127.0.0.1 -> published port leaves on the bridge with a source the container
         # cannot answer. Only loopback: a connection from another host address keeps its
         # source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
-        post.append(f"-s 127.0.0.0/8 -o {br} -j MASQUERADE")
+        post.append(f"-s {LOOPBACK} -o {br} -j MASQUERADE")
     for p in ports:
         accept, nat_dnat, nat_post = port_rules(c, p)
         filter_ports += accept
@@ -193,32 +227,25 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
         post += nat_post
     # Two host bindings of one container port (-p 80 twice, on two host addresses) need the
     # same ACCEPT and hairpin rule; like Docker, keep one of each.
-    filter_ports = list(dict.fromkeys(filter_ports))
-    post = list(dict.fromkeys(post))
-    forward += appended
-    if networks and not docker_chains:
-        forward.insert(0, f"-j {c.isolation1}")
     rules = RuleSet()
-    rules.chains["filter"] = {
-        c.forward: forward,
-        c.isolation1: iso1_internal + exception + iso1,
-        c.isolation2: iso2,
-        c.ports: filter_ports,
-    }
-    rules.chains["nat"] = {c.dnat: dnat, c.postrouting: post}
-    rules.hooks = hooks(c, docker_chains)
+    rules.chains["filter"] = {c.forward: forward, c.egress: egress,
+                              c.ports: list(dict.fromkeys(filter_ports))}
+    rules.chains["nat"] = {c.dnat: dnat, c.postrouting: list(dict.fromkeys(post))}
+    rules.chains["raw"] = {c.raw: raw}
+    rules.hooks = hooks(c)
+    rules.retired = c.retired()
     return rules
 
 
-def hooks(c: Chains, docker_chains: bool) -> list[Hook]:
+def hooks(c: Chains) -> list[Hook]:
     """The jumps into pynet's chains, each as iptables-save prints it."""
-    found = [
-        Hook("filter", "FORWARD", f"-j {c.forward}", after=(DOCKER_USER, DOCKER_ISOLATION_1)),
-        Hook("nat", "PREROUTING", f"-m addrtype --dst-type LOCAL -j {c.dnat}"),
+    return [
+        Hook("filter", "FORWARD", f"-j {c.forward}", after=(DOCKER_USER,),
+             before=(DOCKER_FORWARD,)),
+        Hook("filter", "FORWARD", f"-j {c.egress}",
+             after=(DOCKER_USER, DOCKER_FORWARD, DOCKER_ISOLATION_1, c.forward), last=True),
+        Hook("nat", "PREROUTING", f"! -d {LOOPBACK} -m addrtype --dst-type LOCAL -j {c.dnat}"),
         Hook("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {c.dnat}"),
         Hook("nat", "POSTROUTING", f"-j {c.postrouting}"),
+        Hook("raw", "PREROUTING", f"-j {c.raw}"),
     ]
-    if docker_chains:
-        found += [Hook("filter", DOCKER_ISOLATION_1, f"-j {c.isolation1}"),
-                  Hook("filter", DOCKER_ISOLATION_2, f"-j {c.isolation2}")]
-    return found

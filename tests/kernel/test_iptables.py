@@ -1,6 +1,6 @@
 """A rendered rule set in the host's real tables: exact text, idempotence, uninstall.
 
-Runs against the live filter and nat tables (dockerd's too, if it runs), under a throwaway
+Runs against the live filter, nat and raw tables (dockerd's too, if it runs), under a throwaway
 chain prefix and bridge names no interface has, so its rules match no packet; whatever a
 failure leaves is removed by the fixture.
 """
@@ -15,13 +15,11 @@ import pytest
 
 from plugin.firewall.iptables import Dump, IPTables, build_batch
 from plugin.firewall.rules import (
-    DOCKER_ISOLATION_1,
     DOCKER_ISOLATION_2,
     Chains,
     NetworkSpec,
     PortSpec,
     RuleSet,
-    hooks,
     render,
 )
 from tests.helpers import PYNET, Subnets, iptables_save, run
@@ -37,9 +35,8 @@ class Throwaway:
     ports: list[PortSpec]
 
     def rules(self, current: Dump, ports: bool = True) -> RuleSet:
-        docker = all(current.chain("filter", c) is not None
-                     for c in (DOCKER_ISOLATION_1, DOCKER_ISOLATION_2))
-        return render(self.chains, self.networks, self.ports if ports else [], docker)
+        stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
+        return render(self.chains, self.networks, self.ports if ports else [], stages)
 
 
 @pytest.fixture
@@ -52,12 +49,12 @@ def throwaway() -> Iterator[Throwaway]:
     found = Throwaway(
         name, Chains(name.upper()),
         [NetworkSpec(f"pnkt{tag}b", internal, internal=True),
-         NetworkSpec(f"pnkt{tag}a", plain, icc=False)],
+         NetworkSpec(f"pnkt{tag}a", plain, icc=False, trusted=(f"pnkt{tag}t",))],
         [PortSpec(f"pnkt{tag}a", ip, "tcp", 80, None, 18977, icc=False),
          PortSpec(f"pnkt{tag}a", ip, "udp", 53, ipaddress.IPv4Address("127.0.0.1"), 18978,
                   icc=False)])
     yield found
-    IPTables().remove_all(found.chains, hooks(found.chains, True))
+    IPTables().remove_all(found.chains)
 
 
 def mentions(prefix: str) -> list[str]:

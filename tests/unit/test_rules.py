@@ -1,9 +1,10 @@
 """rules.py and the pure half of iptables.py: rendered rule sets, hook placement, batches.
 
-Expected rules are written out as the reference shows them (bridge-driver.md §2.4, with
-Docker's DOCKER chain read as pynet's PORTS/DNAT chains). Batches are checked by applying them
+Expected rules are written out in full for each option. Batches are checked by applying them
 to a model of ``iptables-restore --noflush``, so convergence and idempotence are tested for the
-chain states dockerd really leaves behind (reordered jumps, duplicates, other pynet instances).
+chain states each engine's dockerd really leaves behind (20.10's isolation stages, 29's
+DOCKER-FORWARD, reordered jumps, duplicates, other pynet instances, an earlier release's
+chains).
 """
 
 import copy
@@ -21,13 +22,12 @@ from plugin.firewall.iptables import (
     parse_save,
     teardown_batch,
 )
-from plugin.firewall.rules import Chains, Hook, NetworkSpec, PortSpec, RuleSet, hooks, render
+from plugin.firewall.rules import Chains, NetworkSpec, PortSpec, RuleSet, hooks, render
 
 C = Chains("PT")
 NET = ipaddress.IPv4Network("10.231.130.0/24")
 CIP = ipaddress.IPv4Address("10.231.130.2")
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
-EXCEPTION = "-m conntrack --ctstate DNAT -j RETURN"
 
 BASELINE = """\
 *filter
@@ -63,6 +63,44 @@ COMMIT
 COMMIT
 """
 
+ENGINE_29 = """\
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-BRIDGE - [0:0]
+:DOCKER-CT - [0:0]
+:DOCKER-FORWARD - [0:0]
+:DOCKER-INTERNAL - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-FORWARD
+-A DOCKER ! -i docker0 -o docker0 -j DROP
+-A DOCKER-BRIDGE -o docker0 -j DOCKER
+-A DOCKER-CT -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A DOCKER-FORWARD -j DOCKER-CT
+-A DOCKER-FORWARD -j DOCKER-INTERNAL
+-A DOCKER-FORWARD -j DOCKER-BRIDGE
+-A DOCKER-FORWARD -i docker0 -j ACCEPT
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+"""
+
 NO_DOCKER = """\
 *filter
 :INPUT ACCEPT [0:0]
@@ -94,7 +132,7 @@ def restore(dump: Dump, batch: str | None) -> Dump:
         elif line.startswith("-"):
             op, chain, *rest = line.split(" ", 2)
             rule = rest[0] if rest else ""
-            rules = table[chain]
+            rules = table.setdefault(chain, [])  # built-in chains come with their table
             if op == "-A":
                 rules.append(rule)
             elif op == "-I":
@@ -130,17 +168,17 @@ def one(**kwargs: object) -> NetworkSpec:
 
 # -- render ----------------------------------------------------------------------------------
 
-def test_plain_network_has_the_bridge_drivers_rules() -> None:
-    rules = render(C, [one()], [], docker_chains=True)
-    assert rules.chains["filter"] == {
-        "PT-FORWARD": ["-o pt-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                       "-o pt-br0 -j PT-PORTS",
-                       "-i pt-br0 ! -o pt-br0 -j ACCEPT",
-                       "-i pt-br0 -o pt-br0 -j ACCEPT"],
-        "PT-ISOLATION-1": [EXCEPTION, "-i pt-br0 ! -o pt-br0 -j DOCKER-ISOLATION-STAGE-2"],
-        "PT-ISOLATION-2": [EXCEPTION, "-o pt-br0 -j DROP"],
-        "PT-PORTS": [],
-    }
+FORWARD_RULES = ["-o pt-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                 "-o pt-br0 -j PT-PORTS", "-i pt-br0 -o pt-br0 -j ACCEPT", "-o pt-br0 -j DROP"]
+RAW_RULES = ["-d 127.0.0.0/8 -i pt-br0 -j DROP",
+             "-d 10.231.130.0/24 ! -i pt-br0 -m addrtype ! --dst-type LOCAL -j DROP"]
+
+
+def test_plain_network_accepts_only_what_may_enter_its_bridge() -> None:
+    rules = render(C, [one()], [], docker_stages=False)
+    assert rules.chains["filter"] == {"PT-FORWARD": FORWARD_RULES,
+                                      "PT-EGRESS": ["-i pt-br0 -j ACCEPT"], "PT-PORTS": []}
+    assert rules.chains["raw"] == {"PT-RAW": RAW_RULES}
     assert rules.chains["nat"] == {
         "PT-DNAT": [],
         "PT-POSTROUTING": ["-s 10.231.130.0/24 ! -o pt-br0 -j MASQUERADE",
@@ -148,30 +186,26 @@ def test_plain_network_has_the_bridge_drivers_rules() -> None:
     }
 
 
-@pytest.mark.parametrize("internal,icc,masquerade,docker_chains",
+@pytest.mark.parametrize("internal,icc,masquerade,docker_stages",
                          list(itertools.product([False, True], repeat=4)))
 def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
-                                  docker_chains: bool) -> None:
+                                  docker_stages: bool) -> None:
     port = PortSpec("pt-br0", CIP, "tcp", 80, None, 18080, icc=icc)
     rules = render(C, [one(internal=internal, icc=icc, masquerade=masquerade)],
-                   [] if internal else [port], docker_chains)
-    f, nat = rules.chains["filter"], rules.chains["nat"]
-    verdict = "ACCEPT" if icc else "DROP"
-    outbound = "DOCKER-ISOLATION-STAGE-2" if docker_chains else "PT-ISOLATION-2"
-    lead = [] if docker_chains else ["-j PT-ISOLATION-1"]
+                   [] if internal else [port], docker_stages)
+    f, nat, raw = rules.chains["filter"], rules.chains["nat"], rules.chains["raw"]["PT-RAW"]
+    intra = ["-i pt-br0 -o pt-br0 -j ACCEPT"] if icc else []
+    assert raw[-1] == RAW_RULES[-1]  # nothing routed from elsewhere reaches the subnet
     if internal:
-        assert f["PT-FORWARD"] == lead + [f"-i pt-br0 -o pt-br0 -j {verdict}"]
-        assert f["PT-ISOLATION-1"] == ["! -s 10.231.130.0/24 -o pt-br0 -j DROP",
-                                       "! -d 10.231.130.0/24 -i pt-br0 -j DROP"]
-        assert f["PT-ISOLATION-2"] == []
+        assert f["PT-FORWARD"] == intra + ["-o pt-br0 -j DROP", "-i pt-br0 -j DROP"]
+        assert f["PT-EGRESS"] == []
+        assert raw == RAW_RULES[1:]  # no route_localnet on internal bridges
         assert nat == {"PT-DNAT": [], "PT-POSTROUTING": []}
     else:
-        assert f["PT-FORWARD"] == lead + [
-            "-o pt-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "-o pt-br0 -j PT-PORTS", "-i pt-br0 ! -o pt-br0 -j ACCEPT",
-            f"-i pt-br0 -o pt-br0 -j {verdict}"]
-        assert f["PT-ISOLATION-1"] == [EXCEPTION, f"-i pt-br0 ! -o pt-br0 -j {outbound}"]
-        assert f["PT-ISOLATION-2"] == [EXCEPTION, "-o pt-br0 -j DROP"]
+        assert f["PT-FORWARD"] == FORWARD_RULES[:2] + intra + FORWARD_RULES[3:]
+        stage = ["-i pt-br0 ! -o pt-br0 -j DOCKER-ISOLATION-STAGE-2"] if docker_stages else []
+        assert f["PT-EGRESS"] == stage + ["-i pt-br0 -j ACCEPT"]
+        assert raw == RAW_RULES
         masq = "-s 10.231.130.0/24 ! -o pt-br0 -j MASQUERADE"
         assert (masq in nat["PT-POSTROUTING"]) == masquerade
         peer = ("-d 10.231.130.2/32 -i pt-br0 -o pt-br0 -p tcp -m tcp --dport 80 "
@@ -179,22 +213,27 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
         assert (peer in f["PT-PORTS"]) == (not icc)
         assert nat["PT-DNAT"] == [
             "-p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.231.130.2:80"]
-    assert [h.chain for h in rules.hooks] == (
-        ["FORWARD", "PREROUTING", "OUTPUT", "POSTROUTING"]
-        + (["DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"] if docker_chains else []))
+    assert rules.hooks == hooks(C)
 
 
-def test_published_ports_are_docker_rules_without_the_proxy_exemption() -> None:
-    """-p 8080:80 -p 127.0.0.1:8081:80/udp -P --expose 9000 (reference §3.6), minus the
-    ``! -i BR`` docker-proxy needed."""
+def test_trusted_host_interfaces_may_route_to_the_containers() -> None:
+    raw = render(C, [one(trusted=("eth1", "vpn0"))], [], False).chains["raw"]["PT-RAW"]
+    assert raw == [RAW_RULES[0], "-d 10.231.130.0/24 -i eth1 -j RETURN",
+                   "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[1]]
+
+
+def test_published_ports_accept_only_dnatted_connections() -> None:
+    """-p 8080:80 -p 127.0.0.1:8081:80/udp -P --expose 9000: a port rule needs the DNAT, so
+    routing to the container address directly reaches nothing, as with Docker 28+."""
     ports = [PortSpec("pt-br0", CIP, "tcp", 80, None, 8080),
              PortSpec("pt-br0", CIP, "udp", 80, LOOPBACK, 8081),
              PortSpec("pt-br0", CIP, "tcp", 9000, None, 32779)]
-    rules = render(C, [one()], ports, docker_chains=True)
+    rules = render(C, [one()], ports, docker_stages=False)
+    dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
     assert rules.chains["filter"]["PT-PORTS"] == [
-        "-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT",
-        "-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p udp -m udp --dport 80 -j ACCEPT",
-        "-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p tcp -m tcp --dport 9000 -j ACCEPT"]
+        f"-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p tcp -m tcp --dport 80 {dnatted}",
+        f"-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p udp -m udp --dport 80 {dnatted}",
+        f"-d 10.231.130.2/32 ! -i pt-br0 -o pt-br0 -p tcp -m tcp --dport 9000 {dnatted}"]
     assert rules.chains["nat"]["PT-DNAT"] == [
         "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.231.130.2:80",
         "-d 127.0.0.1/32 -p udp -m udp --dport 8081 -j DNAT --to-destination 10.231.130.2:80",
@@ -205,45 +244,49 @@ def test_published_ports_are_docker_rules_without_the_proxy_exemption() -> None:
         "-s 10.231.130.2/32 -d 10.231.130.2/32 -p tcp -m tcp --dport 9000 -j MASQUERADE"]
 
 
+def test_loopback_is_dnatted_for_the_host_only() -> None:
+    """A neighbour routing 127.0.0.1 to the host must not reach a port published there."""
+    prerouting = next(h for h in hooks(C) if h.chain == "PREROUTING" and h.table == "nat")
+    assert prerouting.rule == "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PT-DNAT"
+
+
 def test_two_bindings_of_one_port_share_accept_and_hairpin_rules() -> None:
     ports = [PortSpec("pt-br0", CIP, "tcp", 80, LOOPBACK, 18001),
              PortSpec("pt-br0", CIP, "tcp", 80, None, 18002)]
-    rules = render(C, [one()], ports, docker_chains=True)
+    rules = render(C, [one()], ports, docker_stages=False)
     assert len(rules.chains["filter"]["PT-PORTS"]) == 1
     assert len(rules.chains["nat"]["PT-DNAT"]) == 2
     assert len([r for r in rules.chains["nat"]["PT-POSTROUTING"] if "/32" in r]) == 1
 
 
 def test_sctp_port() -> None:
-    rules = render(C, [one()], [PortSpec("pt-br0", CIP, "sctp", 7, None, 18007)], True)
+    rules = render(C, [one()], [PortSpec("pt-br0", CIP, "sctp", 7, None, 18007)], False)
     assert rules.chains["nat"]["PT-DNAT"] == [
         "-p sctp -m sctp --dport 18007 -j DNAT --to-destination 10.231.130.2:7"]
 
 
-def test_newest_network_comes_first_and_internal_drops_precede_the_exception() -> None:
+def test_newest_network_comes_first() -> None:
     older = NetworkSpec("pt-br0", NET)
     newer = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.131.0/24"), internal=True)
-    rules = render(C, [newer, older], [], docker_chains=True)
+    rules = render(C, [newer, older], [], docker_stages=False)
     forward = rules.chains["filter"]["PT-FORWARD"]
-    assert forward[0] == "-i pt-br1 -o pt-br1 -j ACCEPT"
-    assert forward[1:] == render(C, [older], [], True).chains["filter"]["PT-FORWARD"]
-    assert rules.chains["filter"]["PT-ISOLATION-1"] == [
-        "! -s 10.231.131.0/24 -o pt-br1 -j DROP", "! -d 10.231.131.0/24 -i pt-br1 -j DROP",
-        EXCEPTION, "-i pt-br0 ! -o pt-br0 -j DOCKER-ISOLATION-STAGE-2"]
+    assert forward[:3] == ["-i pt-br1 -o pt-br1 -j ACCEPT", "-o pt-br1 -j DROP",
+                           "-i pt-br1 -j DROP"]
+    assert forward[3:] == FORWARD_RULES
+    assert rules.chains["raw"]["PT-RAW"][1:] == RAW_RULES
 
 
-@pytest.mark.parametrize("docker_chains", [True, False])
-def test_no_networks_leave_every_chain_empty(docker_chains: bool) -> None:
-    rules = render(C, [], [], docker_chains)
+@pytest.mark.parametrize("docker_stages", [True, False])
+def test_no_networks_leave_every_chain_empty(docker_stages: bool) -> None:
+    rules = render(C, [], [], docker_stages)
     assert all(not r for table in rules.chains.values() for r in table.values())
-    assert rules.hooks == hooks(C, docker_chains)
+    assert rules.hooks == hooks(C)
 
 
 # -- hook placement --------------------------------------------------------------------------
 
-FORWARD_HOOK = Hook("filter", "FORWARD", "-j PT-FORWARD",
-                    after=("DOCKER-USER", "DOCKER-ISOLATION-STAGE-1"))
-USER, ISO1 = "-j DOCKER-USER", "-j DOCKER-ISOLATION-STAGE-1"
+FORWARD_HOOK, EGRESS_HOOK = hooks(C)[:2]
+USER, ISO1, DFWD = "-j DOCKER-USER", "-j DOCKER-ISOLATION-STAGE-1", "-j DOCKER-FORWARD"
 DOCKER0 = ["-o docker0 -j DOCKER", "-i docker0 ! -o docker0 -j ACCEPT"]
 
 
@@ -252,7 +295,8 @@ DOCKER0 = ["-o docker0 -j DOCKER", "-i docker0 ! -o docker0 -j ACCEPT"]
     [ISO1, USER, "-j PT-FORWARD", *DOCKER0],  # dockerd half-way through re-inserting
     [USER, ISO1, "-j OTHER-FORWARD", "-j PT-FORWARD", *DOCKER0],  # another instance above
     [USER, ISO1, "-j PT-FORWARD", *DOCKER0, USER],  # a stray duplicate further down
-    [USER, ISO1, "-o br-new -j DOCKER", *DOCKER0, "-j PT-FORWARD"],  # a new Docker network
+    [USER, ISO1, "-o br-new -j DOCKER", *DOCKER0, "-j PT-FORWARD"],  # a new 20.10 network
+    [USER, "-j PT-FORWARD", DFWD],  # 28, 29
 ])
 def test_hook_in_the_leading_jump_block_stays(chain: list[str]) -> None:
     assert hook_fix(FORWARD_HOOK, chain) == []
@@ -265,6 +309,8 @@ def test_hook_in_the_leading_jump_block_stays(chain: list[str]) -> None:
     ([USER, ISO1, "-p tcp -j ACCEPT", "-j PT-FORWARD"], 3),  # a user's rule above
     ([USER, ISO1, "-j PT-FORWARD", "-j PT-FORWARD", *DOCKER0], 3),  # duplicated
     ([USER, ISO1, "-j OTHER-FORWARD", *DOCKER0], 4),  # below another instance's hook
+    ([USER, DFWD, "-j PT-FORWARD"], 2),  # 29 restarted: DOCKER-FORWARD would accept first
+    ([USER, DFWD, "-j OTHER-EGRESS"], 2),
     ([*DOCKER0], 1),  # no dockerd: at the top
 ])
 def test_misplaced_hook_moves_right_below_the_jumps(chain: list[str], position: int) -> None:
@@ -273,36 +319,53 @@ def test_misplaced_hook_moves_right_below_the_jumps(chain: list[str], position: 
     assert fix[:-1] == ["-D FORWARD -j PT-FORWARD"] * chain.count("-j PT-FORWARD")
 
 
-def test_isolation_hook_must_precede_return() -> None:
-    hook = Hook("filter", "DOCKER-ISOLATION-STAGE-1", "-j PT-ISOLATION-1")
-    assert hook_fix(hook, ["-j PT-ISOLATION-1", "-i docker0 -j X", "-j RETURN"]) == []
-    assert hook_fix(hook, ["-i docker0 -j X", "-j PT-ISOLATION-1", "-j RETURN"]) == []
-    assert hook_fix(hook, ["-j RETURN", "-j PT-ISOLATION-1"]) == [
-        "-D DOCKER-ISOLATION-STAGE-1 -j PT-ISOLATION-1",
-        "-I DOCKER-ISOLATION-STAGE-1 1 -j PT-ISOLATION-1"]
+@pytest.mark.parametrize("chain,stays", [
+    ([USER, "-j PT-FORWARD", DFWD, "-j PT-EGRESS"], True),
+    ([USER, "-j PT-FORWARD", DFWD, "-j PT-EGRESS", "-j OTHER-EGRESS"], True),
+    ([USER, ISO1, *DOCKER0, "-j PT-FORWARD", "-j PT-EGRESS"], True),
+    ([USER, "-j PT-FORWARD", "-j PT-EGRESS", DFWD], False),  # dockerd appended its jump
+    ([USER, "-j PT-EGRESS", "-j PT-FORWARD", DFWD], False),
+    ([USER, "-j PT-FORWARD", DFWD], False),  # missing
+])
+def test_egress_hook_goes_below_dockerd_and_pynets_forward_jump(chain: list[str],
+                                                                stays: bool) -> None:
+    fix = hook_fix(EGRESS_HOOK, chain)
+    if stays:
+        assert fix == []
+    else:
+        assert fix[-1] == "-A FORWARD -j PT-EGRESS"
+        assert fix[:-1] == ["-D FORWARD -j PT-EGRESS"] * chain.count("-j PT-EGRESS")
+
+
+def test_an_earlier_releases_form_of_a_hook_is_replaced() -> None:
+    prerouting = next(h for h in hooks(C) if h.chain == "PREROUTING" and h.table == "nat")
+    old = "-m addrtype --dst-type LOCAL -j PT-DNAT"
+    assert hook_fix(prerouting, ["-m addrtype --dst-type LOCAL -j DOCKER", old]) == [
+        f"-D PREROUTING {old}", f"-I PREROUTING 1 {prerouting.rule}"]
 
 
 # -- batches -----------------------------------------------------------------------------------
 
-def ports_rules(docker: bool = True) -> RuleSet:
-    return render(C, [one()], [PortSpec("pt-br0", CIP, "tcp", 80, None, 18080)], docker)
+def ports_rules(stages: bool = True, chains: Chains = C) -> RuleSet:
+    return render(chains, [one()], [PortSpec("pt-br0", CIP, "tcp", 80, None, 18080)], stages)
 
 
-@pytest.mark.parametrize("text,docker", [(BASELINE, True), (NO_DOCKER, False)])
-def test_first_apply_builds_chains_and_hooks_then_nothing_changes(text: str,
-                                                                  docker: bool) -> None:
-    rules = ports_rules(docker)
+@pytest.mark.parametrize("text,stages,forward_at", [(BASELINE, True, 2), (ENGINE_29, False, 1),
+                                                    (NO_DOCKER, False, 0)])
+def test_first_apply_builds_chains_and_hooks_then_nothing_changes(text: str, stages: bool,
+                                                                  forward_at: int) -> None:
+    rules = ports_rules(stages)
     after = converge(rules, parse_save(text))
     for table, chains in rules.chains.items():
         for chain, wanted in chains.items():
             assert after.chain(table, chain) == wanted
     forward = after.chain("filter", "FORWARD") or []
-    assert forward.index("-j PT-FORWARD") == (2 if docker else 0)
+    assert forward.index("-j PT-FORWARD") == forward_at  # below DOCKER-USER (and 20.10's
+    # drop-only stage 1), above DOCKER-FORWARD
+    assert forward[-1] == "-j PT-EGRESS"  # below everything dockerd decides
+    assert "-j PT-RAW" in (after.chain("raw", "PREROUTING") or [])
     assert (after.chain("nat", "PREROUTING") or [])[0] == \
-        "-m addrtype --dst-type LOCAL -j PT-DNAT"
-    if docker:
-        assert (after.chain("filter", "DOCKER-ISOLATION-STAGE-1") or [])[0] == \
-            "-j PT-ISOLATION-1"
+        "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PT-DNAT"
 
 
 def test_removing_ports_deletes_only_their_rules() -> None:
@@ -317,13 +380,13 @@ def test_removing_ports_deletes_only_their_rules() -> None:
 def test_a_new_network_only_inserts_rules() -> None:
     """Deleting costs ~15 ms per nft transaction; adding a network must not delete."""
     other = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.129.0/24"))
-    before = converge(render(C, [one()], [], True), parse_save(BASELINE))
-    batch = build_batch(render(C, [other, one()], [], True), before) or ""
+    before = converge(render(C, [one()], [], False), parse_save(ENGINE_29))
+    batch = build_batch(render(C, [other, one()], [], False), before) or ""
     assert "-D " not in batch and ":PT-" not in batch
     assert "-I PT-FORWARD 1 -o pt-br1" in batch
     # At the top or appended: iptables-nft reads a whole chain to insert at rule N > 1.
     assert not re.search(r"^-I \S+ ([2-9]|\d\d)", batch, re.M), batch
-    converge(render(C, [other, one()], [], True), before)
+    converge(render(C, [other, one()], [], False), before)
 
 
 def test_a_create_during_pending_deletes_adds_and_leaves_the_deletes() -> None:
@@ -344,8 +407,9 @@ def test_a_create_during_pending_deletes_adds_and_leaves_the_deletes() -> None:
 
 
 def test_new_docker_network_above_the_hook_is_left_alone() -> None:
-    """dockerd inserts a new network's rules at the top, then re-inserts its jumps above:
-    rules bound to its bridge cannot match pynet's traffic, so nothing is rewritten."""
+    """dockerd 20.10 inserts a new network's rules at the top, then re-inserts its jumps
+    above: rules bound to its bridge cannot match pynet's traffic (its raw rules drop what
+    Docker's bridges route to pynet's subnets), so nothing is rewritten."""
     rules = ports_rules()
     dump = converge(rules, parse_save(BASELINE))
     forward = dump.tables["filter"]["FORWARD"]
@@ -354,39 +418,44 @@ def test_new_docker_network_above_the_hook_is_left_alone() -> None:
     assert build_batch(rules, dump) is None
 
 
-def test_dockerd_restart_flushing_its_chains_is_repaired() -> None:
-    rules = ports_rules()
-    dump = converge(rules, parse_save(BASELINE))
-    dump.tables["filter"]["DOCKER-ISOLATION-STAGE-1"] = ["-j RETURN"]
-    dump.tables["filter"]["DOCKER-ISOLATION-STAGE-2"] = ["-j RETURN"]
+def test_dockerd_29_restart_reinserting_its_jumps_is_repaired() -> None:
+    rules = ports_rules(False)
+    dump = converge(rules, parse_save(ENGINE_29))
+    forward = dump.tables["filter"]["FORWARD"]
+    forward[:] = [USER, DFWD, *[r for r in forward if r not in (USER, DFWD)]]
     after = converge(rules, dump)
-    assert after.tables["filter"]["DOCKER-ISOLATION-STAGE-2"] == ["-j PT-ISOLATION-2",
-                                                                  "-j RETURN"]
+    assert after.tables["filter"]["FORWARD"] == [USER, "-j PT-FORWARD", DFWD, "-j PT-EGRESS"]
 
 
 def test_two_instances_settle_without_moving_each_other() -> None:
-    mine, theirs = ports_rules(), render(Chains("OT"), [NetworkSpec("ot-br0", NET)], [], True)
-    dump = converge(mine, parse_save(BASELINE))
+    mine, theirs = ports_rules(False), ports_rules(False, Chains("OT"))
+    dump = converge(mine, parse_save(ENGINE_29))
     dump = converge(theirs, dump)
     assert build_batch(mine, dump) is None
-    forward = dump.tables["filter"]["FORWARD"]
-    assert forward[:4] == [USER, ISO1, "-j PT-FORWARD", "-j OT-FORWARD"]
+    assert dump.tables["filter"]["FORWARD"] == [
+        USER, "-j PT-FORWARD", "-j OT-FORWARD", DFWD, "-j PT-EGRESS", "-j OT-EGRESS"]
 
 
-def test_teardown_removes_every_hook_and_chain() -> None:
-    before = parse_save(BASELINE)
-    installed = converge(ports_rules(), before)
-    after = restore(installed, teardown_batch(C, hooks(C, True), installed))
-    assert after.tables == before.tables
-    assert teardown_batch(C, hooks(C, True), after) is None
+def test_an_earlier_releases_chains_and_hooks_are_removed() -> None:
+    """Up to this release pynet hooked isolation chains into Docker's stages and DNATed
+    loopback from every interface; an upgrade leaves neither behind."""
+    old = parse_save(BASELINE)
+    old.tables["filter"].update({"PT-ISOLATION-1": ["-j RETURN"], "PT-ISOLATION-2": []})
+    old.tables["filter"]["DOCKER-ISOLATION-STAGE-1"].insert(0, "-j PT-ISOLATION-1")
+    old.tables["filter"]["DOCKER-ISOLATION-STAGE-2"].insert(0, "-j PT-ISOLATION-2")
+    old.tables["nat"]["PT-DNAT"] = []
+    old.tables["nat"]["PREROUTING"].append("-m addrtype --dst-type LOCAL -j PT-DNAT")
+    after = converge(ports_rules(), old)
+    assert after.tables == converge(ports_rules(), parse_save(BASELINE)).tables
 
 
-def test_icc_drops_go_to_the_end_oldest_first() -> None:
-    """The bridge driver appends each icc=false DROP to FORWARD when the network is made."""
-    oldest = NetworkSpec("pt-br0", NET, icc=False)
-    middle = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.131.0/24"))
-    newest = NetworkSpec("pt-br2", ipaddress.IPv4Network("10.231.132.0/24"), internal=True,
-                         icc=False)
-    forward = render(C, [newest, middle, oldest], [], True).chains["filter"]["PT-FORWARD"]
-    assert forward[-2:] == ["-i pt-br0 -o pt-br0 -j DROP", "-i pt-br2 -o pt-br2 -j DROP"]
-    assert forward[:4] == render(C, [middle], [], True).chains["filter"]["PT-FORWARD"]
+@pytest.mark.parametrize("text", [BASELINE, ENGINE_29, NO_DOCKER])
+def test_teardown_removes_every_hook_and_chain(text: str) -> None:
+    before = parse_save(text)
+    installed = converge(ports_rules("STAGE" in text), before)
+    after = restore(installed, teardown_batch(C, installed))
+    for table in ("filter", "nat"):
+        assert after.tables[table] == before.tables[table]
+    assert {c: r for c, r in after.tables["raw"].items() if r} == \
+        {c: r for c, r in before.tables.get("raw", {}).items() if r}
+    assert teardown_batch(C, after) is None

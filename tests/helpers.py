@@ -5,6 +5,7 @@ session's pynet instance name or registered for clean-up, and the session ends b
 nothing of it is left.
 """
 
+import functools
 import ipaddress
 import json
 import os
@@ -66,6 +67,14 @@ def docker_ok() -> bool:
                    timeout=10).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+@functools.cache
+def engine() -> int:
+    """The running dockerd's major version (20, 28, 29): the bridge driver the differential
+    tests compare with changed between them."""
+    version = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    return int(version.split(".")[0])
 
 
 def ensure_dockerd() -> None:

@@ -17,6 +17,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -231,3 +232,61 @@ class Outside:
 def container_ns(pid: int) -> str:
     """The network namespace of a container's process."""
     return f"/proc/{pid}/ns/net"
+
+
+ETH_P_IP = 0x0800
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _syn_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, sport: int,
+               dport: int) -> bytes:
+    """An Ethernet frame holding one TCP SYN from ``src:sport`` to ``dst:dport``."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, secrets.randbits(32), 0, 5 << 4, 0x02,
+                      64240, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", _checksum(s + d + struct.pack("!BBH", 0, 6, len(tcp))
+                                                 + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), secrets.randbits(16), 0, 64, 6,
+                     0, s, d)
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    return dst_mac + src_mac + struct.pack("!H", ETH_P_IP) + ip + tcp
+
+
+def raw_syn(ns: str | None, ifname: str, dst_mac: str, src: str, dst: str, port: int,
+            timeout: float = 2.0) -> str:
+    """What an attacker with NET_RAW (every default container has it) can do whatever its
+    routes say: send a TCP SYN for ``dst:port`` as a frame to ``dst_mac`` out of ``ifname``.
+    ``answered`` if any TCP segment comes back (SYN-ACK or RST: the target's stack saw it),
+    else ``timeout``."""
+    with in_netns(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    try:
+        sock.bind((ifname, ETH_P_IP))
+        src_mac = sock.getsockname()[4]
+        sport = 40000 + secrets.randbelow(20000)
+        sock.send(_syn_frame(src_mac, bytes.fromhex(dst_mac.replace(":", "")), src, dst,
+                             sport, port))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                frame = sock.recv(2048)
+            except TimeoutError:
+                break
+            ip = frame[14:]
+            if len(ip) < 40 or ip[9] != 6 or ip[12:16] != socket.inet_aton(dst):
+                continue
+            tcp = ip[(ip[0] & 0x0F) * 4:]
+            if struct.unpack("!HH", tcp[:4]) == (port, sport):
+                return "answered"
+        return "timeout"
+    finally:
+        sock.close()

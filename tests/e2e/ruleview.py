@@ -1,10 +1,13 @@
 """iptables rules of one scenario, normalized so Docker's bridge driver and pynet compare.
 
 Both drivers' rules are reduced to the same vocabulary: names, addresses and ephemeral ports
-become tokens (``br:n0``, ``sub:n0``, ``c0@n0``, ``EPH``), and Docker's chains and pynet's own
-chains map onto the same chain tokens (``FORWARD``, ``PORTS``, ``ISO1``, ``ISO2``, ``DNAT``,
-``POSTROUTING``). Docker keeps every network's rules in shared chains, so only its rules that
-mention one of the scenario's names or addresses are taken; pynet's chains hold nothing else.
+become tokens (``br:n0``, ``sub:n0``, ``c0@n0``, ``EPH``), and chains map onto chain tokens.
+What is compared rule by rule is the NAT (``DNAT``: published ports, ``POSTROUTING``:
+masquerade), which is the same on every engine. The filter and raw layouts are pynet's own on
+every engine (plugin/firewall/rules.py says why): Docker's differ between 20.10, 28 and 29
+and from its nftables backend, so there the differential compares behaviour (the connectivity
+and attack matrix), and the unit and kernel tests pin pynet's rules. pynet's own chains are
+all in its view, so tests of pynet alone see every rule it has.
 """
 
 import re
@@ -13,40 +16,36 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from plugin.firewall.iptables import Dump, parse_save
+from plugin.firewall.rules import Chains
 
-# Docker's chains -> chain tokens.
+# Docker's chains -> chain tokens (the same on 20.10, 28 and 29's iptables backend).
 DOCKER_CHAINS = {
-    ("filter", "FORWARD"): "FORWARD",
-    ("filter", "DOCKER"): "PORTS",
-    ("filter", "DOCKER-ISOLATION-STAGE-1"): "ISO1",
-    ("filter", "DOCKER-ISOLATION-STAGE-2"): "ISO2",
     ("nat", "DOCKER"): "DNAT",
     ("nat", "POSTROUTING"): "POSTROUTING",
 }
 # Order is meaningful only in FORWARD; Docker appends port rules in random binding order and
-# inserts isolation and masquerade rules at the top, where their order decides nothing.
-ORDERED = {"FORWARD"}
+# inserts masquerade rules at the top, where their order decides nothing.
+ORDERED = {"FORWARD", "RAW"}
 EPHEMERAL = range(32768, 61000)  # ip_local_port_range on this host
 
 
 def pynet_chains(prefix: str) -> dict[tuple[str, str], str]:
     """pynet's chains (instance prefix ``prefix``) -> chain tokens."""
+    c = Chains(prefix)
     return {
-        ("filter", f"{prefix}-FORWARD"): "FORWARD",
-        ("filter", f"{prefix}-PORTS"): "PORTS",
-        ("filter", f"{prefix}-ISOLATION-1"): "ISO1",
-        ("filter", f"{prefix}-ISOLATION-2"): "ISO2",
-        ("nat", f"{prefix}-DNAT"): "DNAT",
-        ("nat", f"{prefix}-POSTROUTING"): "POSTROUTING",
+        ("filter", c.forward): "FORWARD",
+        ("filter", c.egress): "EGRESS",
+        ("filter", c.ports): "PORTS",
+        ("raw", c.raw): "RAW",
+        ("nat", c.dnat): "DNAT",
+        ("nat", c.postrouting): "POSTROUTING",
     }
 
 
 def _targets(chains: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
     """Jump targets to rename inside rules: a chain's own name -> its token, per table."""
     found = dict(chains)
-    found.pop(("filter", "FORWARD"), None)  # never a jump target
-    found.pop(("nat", "POSTROUTING"), None)
-    found[("filter", "DOCKER-ISOLATION-STAGE-2")] = "ISO2"  # pynet's outbound isolation
+    found.pop(("nat", "POSTROUTING"), None)  # never a jump target
     return found
 
 
@@ -134,12 +133,13 @@ def host_port(save_text: str, table_chain: tuple[str, str], destination: str,
 def hook_problems(save_text: str, prefix: str) -> list[str]:
     """How pynet's jumps into its chains are missing, duplicated or misplaced (none: fine).
 
-    The FORWARD jump must sit below dockerd's DOCKER-USER and DOCKER-ISOLATION-STAGE-1 jumps
-    with nothing above it but bare jumps and rules bound to an interface (dockerd's rules for
-    its bridges, which cannot match pynet's traffic); the
-    isolation jumps must come before their chain's RETURN; the nat jumps must exist once.
+    The FORWARD jump must sit below dockerd's DOCKER-USER jump and above its DOCKER-FORWARD
+    jump, with nothing above it but bare jumps and rules bound to an interface (20.10's rules
+    for its bridges, which cannot match pynet's traffic); the EGRESS jump below dockerd's jumps
+    and pynet's FORWARD jump; the nat and raw jumps must exist once.
     """
     dump = parse_save(save_text)
+    c = Chains(prefix)
     problems: list[str] = []
 
     def once(table: str, chain: str, rule: str) -> int | None:
@@ -150,33 +150,33 @@ def hook_problems(save_text: str, prefix: str) -> list[str]:
         return rules.index(rule)
 
     forward = dump.chain("filter", "FORWARD") or []
-    at = once("filter", "FORWARD", f"-j {prefix}-FORWARD")
+    at = once("filter", "FORWARD", f"-j {c.forward}")
     if at is not None:
         above = forward[:at]
         unbound = [r for r in above
                    if len(r.split()) != 2 and not re.match(r"(-i|-o) \S+ ", r)]
         if unbound:
             problems.append(f"filter FORWARD: rules above pynet's jump: {unbound}")
-        for jump in ("-j DOCKER-USER", "-j DOCKER-ISOLATION-STAGE-1"):
-            if jump in forward and jump not in above:
-                problems.append(f"filter FORWARD: pynet's jump is above '{jump}'")
-    for stage, mine in (("DOCKER-ISOLATION-STAGE-1", "ISOLATION-1"),
-                        ("DOCKER-ISOLATION-STAGE-2", "ISOLATION-2")):
-        rules = dump.chain("filter", stage)
-        if rules is None:
-            continue
-        at = once("filter", stage, f"-j {prefix}-{mine}")
-        if at is not None and "-j RETURN" in rules[:at]:
-            problems.append(f"filter {stage}: pynet's jump is below -j RETURN")
-    once("nat", "PREROUTING", f"-m addrtype --dst-type LOCAL -j {prefix}-DNAT")
-    once("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {prefix}-DNAT")
-    once("nat", "POSTROUTING", f"-j {prefix}-POSTROUTING")
+        if "-j DOCKER-USER" in forward and "-j DOCKER-USER" not in above:
+            problems.append("filter FORWARD: pynet's jump is above '-j DOCKER-USER'")
+        if "-j DOCKER-FORWARD" in above:
+            problems.append("filter FORWARD: pynet's jump is below '-j DOCKER-FORWARD'")
+    at = once("filter", "FORWARD", f"-j {c.egress}")
+    if at is not None:
+        for jump in ("-j DOCKER-FORWARD", "-j DOCKER-ISOLATION-STAGE-1", f"-j {c.forward}"):
+            if jump in forward[at:]:
+                problems.append(f"filter FORWARD: pynet's egress jump is above '{jump}'")
+    once("nat", "PREROUTING", f"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {c.dnat}")
+    once("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {c.dnat}")
+    once("nat", "POSTROUTING", f"-j {c.postrouting}")
+    once("raw", "PREROUTING", f"-j {c.raw}")
     return problems
 
 
 # Chains and targets that exist whoever else uses the host; anything else names someone's own.
 COMMON_CHAINS = {"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING", "DOCKER",
-                 "DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2"}
+                 "DOCKER-USER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2",
+                 "DOCKER-FORWARD", "DOCKER-CT", "DOCKER-BRIDGE", "DOCKER-INTERNAL"}
 TARGETS = {"ACCEPT", "DROP", "RETURN", "REJECT", "MASQUERADE", "DNAT", "SNAT", "LOG",
            "CHECKSUM", "MARK", "CONNMARK"}
 

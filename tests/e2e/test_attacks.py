@@ -1,0 +1,134 @@
+"""Attacks on published ports and isolation, run against ``-d bridge`` and pynet alike.
+
+pynet's bar is the newest bridge driver (Docker 29): whatever it blocks, pynet blocks, on every
+engine, without relying on a chain policy or a rule it does not own. Each attack is run with
+both drivers on the engine under test; on 28 and later the bridge driver's result is checked
+too (so a broken probe cannot pass by failing alike), on 20.10 it is only reported, since that
+driver leaves several of these open.
+
+The attackers: a container (default capabilities, so it can send raw frames), a neighbour on
+the host's network (a namespace that routes the test subnets and anything else via the host),
+and containers on Docker's own networks (a bridge network and the default ``docker0``).
+"""
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e import netcheck
+from tests.e2e.differential import DOCKER, PYNET, Lab, World
+from tests.helpers import Instance, Subnets, docker, engine, link, links
+
+BLOCKED = {"timeout", "enetunreach", "ehostunreach"}
+
+
+def mac(ifname: str) -> str:
+    found = link(ifname)
+    assert found is not None, f"no interface {ifname}"
+    return found["address"]
+
+
+class DockerSide:
+    """Containers on Docker's own networks: one on a bridge network, one on docker0."""
+
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.net = w.res.network("bridge", name=w.name("dn"))
+        self.on_net = w.res.run("--network", self.net, name=w.name("d0"),
+                                command=netcheck.SERVER)
+        self.on_docker0 = w.res.run("--network", "bridge", name=w.name("z0"),
+                                    command=netcheck.SERVER)
+
+    def ns_and_ip(self, name: str) -> tuple[str, str]:
+        info = json.loads(docker("inspect", name).stdout)[0]
+        ip = next(iter(info["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        return netcheck.container_ns(info["State"]["Pid"]), ip
+
+
+def attack(w: World) -> dict[str, str]:
+    """Every attack against one driver's networks; results by name."""
+    p, out = w.lab.ports, w.lab.outside
+    w.network("n0")
+    w.network("n1", "--internal")
+    w.container("c0", "n0", "-p", f"{p['H1']}:80", "-p", f"127.0.0.1:{p['H2']}:80")
+    w.container("c1", "n1")
+    side = DockerSide(w)
+    loopback_only = netcheck.PeerServer(None, "127.0.0.1", p["H3"])
+    w.servers.append(loopback_only)
+    c0_ns, c0_ip = w.namespace("c0"), w.address("c0@n0")
+    d0_ns, d0_ip = side.ns_and_ip(side.on_net)
+    z0_ns, _ = side.ns_and_ip(side.on_docker0)
+    bridge_mac, host_mac = mac(w.nets["n0"].bridge), mac(out.host_end)
+    found = {
+        "container -> host service on 127.0.0.1 (raw frame to the gateway)":
+            netcheck.raw_syn(c0_ns, "eth0", bridge_mac, c0_ip, "127.0.0.1", p["H3"]),
+        "neighbour -> port published on 127.0.0.1 (raw frame to the host)":
+            netcheck.raw_syn(out.ns, out.ns_end, host_mac, out.ip, "127.0.0.1", p["H2"]),
+        "neighbour -> container address, unpublished port":
+            netcheck.probe(out.ns, c0_ip, 9000),
+        "neighbour -> container address, published port":
+            netcheck.probe(out.ns, c0_ip, 80),
+        "internal container -> host address":
+            netcheck.probe(w.namespace("c1"), out.host_ip, p["hostsrv"]),
+        "Docker bridge network container -> container":
+            netcheck.probe(d0_ns, c0_ip, 80),
+        "docker0 container -> container":
+            netcheck.probe(z0_ns, c0_ip, 80),
+        "container -> Docker bridge network container":
+            netcheck.probe(c0_ns, d0_ip, 80),
+        "neighbour -> port published on the host address":
+            netcheck.probe(out.ns, out.host_ip, p["H1"]),
+    }
+    tokens = w.tokens()
+    return {what: "blocked" if result in BLOCKED else f"reached ({tokens.apply(result)})"
+            for what, result in found.items()}
+
+
+EXPECTED = {  # what Docker 29's bridge driver does, and pynet on every engine
+    "container -> host service on 127.0.0.1 (raw frame to the gateway)": "blocked",
+    "neighbour -> port published on 127.0.0.1 (raw frame to the host)": "blocked",
+    "neighbour -> container address, unpublished port": "blocked",
+    "neighbour -> container address, published port": "blocked",
+    "internal container -> host address": "blocked",
+    "Docker bridge network container -> container": "blocked",
+    "docker0 container -> container": "blocked",
+    "container -> Docker bridge network container": "blocked",
+    "neighbour -> port published on the host address": "reached (ok outside)",
+}
+
+
+@pytest.fixture
+def worlds(lab: Lab, pynet: Instance) -> Iterator[dict[str, World]]:
+    made = {DOCKER: World(lab, DOCKER, "bridge"), PYNET: World(lab, PYNET, pynet.name)}
+    try:
+        yield made
+    finally:
+        for world in made.values():
+            world.close()
+
+
+def test_attacks_blocked_as_by_the_newest_bridge_driver(worlds: dict[str, World]) -> None:
+    docker_saw = attack(worlds[DOCKER])
+    worlds[DOCKER].close()  # one driver's networks at a time, as a user would switch
+    pynet_saw = attack(worlds[PYNET])
+    report = "\n".join(f"{what}: bridge {docker_saw[what]}, pynet {pynet_saw[what]}"
+                       for what in EXPECTED)
+    assert pynet_saw == EXPECTED, report
+    if engine() >= 28:
+        assert docker_saw == EXPECTED, "the bridge driver disagrees (harness?)\n" + report
+
+
+def test_ipv6_networks_are_refused_until_pynet_firewalls_ipv6(pynet: Instance,
+                                                             subnets: Subnets) -> None:
+    """An --ipv6 network without ip6tables rules would be open to every other network over
+    IPv6; pynet refuses it instead, and nothing is left behind."""
+    before = {item["ifname"] for item in links("bridge")}
+    done = docker("network", "create", "-d", pynet.name, "--ipv6", "--subnet",
+                  "fd31:7e57::/64", "--subnet", str(subnets.take()), "pt-v6-refused",
+                  check=False)
+    if done.returncode == 0:
+        docker("network", "rm", "pt-v6-refused", check=False)
+    assert done.returncode != 0
+    assert "IPv6" in done.stderr and "not supported" in done.stderr, done.stderr
+    assert {item["ifname"] for item in links("bridge")} == before

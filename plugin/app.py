@@ -15,7 +15,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from plugin import protocol
-from plugin.driver import Driver
+from plugin.driver import Driver, gateway_skips
 from plugin.errors import Busy, InvalidRequest, PynetError
 from plugin.faults import checkpoint
 
@@ -134,9 +134,17 @@ def _ids(ref: protocol.EndpointRef) -> tuple[str, str]:
     return ref.network_id, ref.endpoint_id
 
 
-# Calls that need no state: swarm-only and discovery calls a local driver acknowledges.
+def _gw_alloc_check(body: Any) -> dict[str, Any]:
+    skip_v4, skip_v6 = gateway_skips(protocol.GwAllocCheck.parse(body).options)
+    return {"SkipIPv4": skip_v4, "SkipIPv6": skip_v6}
+
+
+# Calls that need no state: capabilities, the gateway allocation check, and swarm-only and
+# discovery calls a local driver acknowledges.
 STATELESS_CALLS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local"},
+    "GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local",
+                                  "GwAllocChecker": True},
+    "GwAllocCheck": _gw_alloc_check,
     "AllocateNetwork": lambda b: (protocol.NetworkRef.parse(b), {"Options": {}})[1],
     "FreeNetwork": lambda b: (protocol.NetworkRef.parse(b), {})[1],
     "DiscoverNew": lambda b: (protocol.Discovery.parse(b), {})[1],

@@ -17,8 +17,10 @@ from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
 from plugin.firewall.iptables import IPTables
+from plugin.firewall.rules import Chains, docker_layout
 from plugin.netlink import Netlink
 from plugin.ports import PortReservations
+from plugin.privileges import drop_privileges
 from plugin.store import Store
 from plugin.sysctl import Sysctl
 
@@ -138,6 +140,7 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     # GIL hand-over made a call wait that long, and CreateNetwork took up to 400 ms at 200
     # networks. Handing over every millisecond keeps calls moving.
     sys.setswitchinterval(0.001)
+    drop_privileges()
     Server(settings).run()
     return 0
 
@@ -152,6 +155,10 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
                                    "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
                                              for p in e.ports]} for e in endpoints]})
     print(json.dumps(out, indent=2))
+    filter_chains = IPTables().save().tables.get("filter", {})
+    print(f"firewall: {docker_layout(filter_chains)}; pynet's chains "
+          f"{'present' if Chains(settings.chain_prefix).forward in filter_chains else 'absent'}",
+          file=sys.stderr)
     return 0
 
 

@@ -34,10 +34,11 @@ from plugin.firewall.rules import (
     NetworkSpec,
     PortSpec,
     RuleSet,
+    docker_layout,
     render,
 )
 from plugin.netlink import Netlink, mac_from_ipv4
-from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6
+from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6, NetworkOptions
 from plugin.ports import ANY, PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
@@ -56,6 +57,12 @@ class Joined:
     dst_prefix: str
     gateway: str | None
     gateway_v6: str | None
+
+
+def gateway_skips(options: NetworkOptions) -> tuple[bool, bool]:
+    """Whether dockerd should leave the IPv4 and IPv6 gateway address unallocated: as the
+    bridge driver, for an internal network whose bridge gets no IPv4 address (inhibit_ipv4)."""
+    return options.internal and options.inhibit_ipv4, False
 
 
 _PARSED: dict[str, protocol.CreateNetwork] = {}
@@ -100,6 +107,7 @@ class Driver:
         # Odd while a call runs, and changed by every call: the periodic check, which reads
         # the kernel without the lock, trusts a difference only if no call ran meanwhile.
         self.epoch = 0
+        self.layout = ""  # dockerd's firewall layout, as the last render found it
         threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
 
     @contextmanager
@@ -529,7 +537,12 @@ class Driver:
                     host_ip = ipaddress.IPv4Address(p.host_ip)
                     ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
                                           None if host_ip == ANY else host_ip, p.host_port,
-                                          net.options.enable_icc))
+                                          net.options.enable_icc,
+                                          net.options.trusted_host_interfaces))
+        layout = docker_layout(current.tables.get("filter", {}))
+        if layout != self.layout:
+            log.info("firewall: %s found, pynet's rules follow it", layout)
+            self.layout = layout
         stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
         return render(self.chains, specs, ports, stages)
 

@@ -238,6 +238,19 @@ class CreateNetwork:
 
 
 @dataclass(frozen=True)
+class GwAllocCheck:
+    """``/NetworkDriver.GwAllocCheck`` (Docker 28+, asked before dockerd allocates a network's
+    addresses): the options CreateNetwork will carry."""
+
+    options: NetworkOptions
+
+    @classmethod
+    def parse(cls, body: Any) -> "GwAllocCheck":
+        raw = _field(_object(body), "Options", dict, {})
+        return cls(parse_network_options(_plain_options(raw)))
+
+
+@dataclass(frozen=True)
 class NetworkRef:
     """Requests that name only a network (DeleteNetwork, FreeNetwork)."""
 

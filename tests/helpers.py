@@ -257,3 +257,17 @@ def purge_instance(inst: Instance) -> list[str]:
     if not leftovers:
         Path(inst.log_path).unlink(missing_ok=True)  # kept only when something went wrong
     return leftovers
+
+
+def privileges(pid: int) -> dict[str, str]:
+    """CapEff, CapPrm, CapBnd, CapInh and NoNewPrivs of a process."""
+    wanted = ("CapEff", "CapPrm", "CapBnd", "CapInh", "NoNewPrivs")
+    return {key: value.strip() for key, value in
+            (line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            if key in wanted}
+
+
+# CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13): plugin/privileges.py.
+KEPT = f"{(1 << 10) | (1 << 12) | (1 << 13):016x}"
+LEAST = {"CapEff": KEPT, "CapPrm": KEPT, "CapBnd": KEPT, "CapInh": f"{0:016x}",
+         "NoNewPrivs": "1"}

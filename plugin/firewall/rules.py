@@ -27,6 +27,7 @@ The layout, per network (``BR`` its bridge):
 """
 
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 # Docker's chains that pynet's placement and rules refer to.
@@ -35,6 +36,17 @@ DOCKER_FORWARD = "DOCKER-FORWARD"  # 28 and 29 (iptables backend)
 DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"  # 20.10 and 28
 DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
 LOOPBACK = "127.0.0.0/8"
+
+
+def docker_layout(filter_chains: Collection[str]) -> str:
+    """Which engine's iptables layout dockerd keeps, from the filter chains that exist (for
+    logs and ``pynet status``; the rules depend only on the isolation stages)."""
+    stages = DOCKER_ISOLATION_2 in filter_chains
+    if DOCKER_FORWARD in filter_chains:
+        return "Docker 28 iptables" if stages else "Docker 29 iptables"
+    if stages:
+        return "Docker 20.10 iptables"
+    return "no Docker iptables chains (Docker's nftables backend, or dockerd's iptables off)"
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class PortSpec:
     host_ip: ipaddress.IPv4Address | None
     host_port: int
     icc: bool = True
+    trusted: tuple[str, ...] = ()  # the network's trusted host interfaces
 
 
 @dataclass(frozen=True)
@@ -176,11 +189,14 @@ def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]
     """(filter PORTS, nat DNAT, nat POSTROUTING) rules of one published port.
 
     The accept needs the connection to be DNATed: a packet routed to the container address
-    directly is no use of the published port (Docker 28+ drops those too, in its raw table).
+    directly is no use of the published port (Docker 28+ drops those too, in its raw table),
+    unless it comes in on one of the network's trusted host interfaces.
     """
     match = _proto(p.proto, p.port)
     dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
     accept = [f"-d {p.container_ip}/32 ! -i {p.bridge} -o {p.bridge} {match} {dnatted}"]
+    accept += [f"-d {p.container_ip}/32 -i {name} -o {p.bridge} {match} -j ACCEPT"
+               for name in p.trusted]
     if not p.icc:
         # Same-network peers still reach a published port through the host address.
         accept.append(f"-d {p.container_ip}/32 -i {p.bridge} -o {p.bridge} {match} {dnatted}")

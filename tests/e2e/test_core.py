@@ -12,6 +12,7 @@ from tests.helpers import (
     Instance,
     addresses,
     docker,
+    engine,
     iptables_save,
     link,
     links,
@@ -49,7 +50,25 @@ def bridge_of(network: str) -> str:
 def test_activate_and_capabilities_accept_empty_bodies(pynet: Instance) -> None:
     assert pynet.call("Plugin.Activate", "") == {"Implements": ["NetworkDriver"]}
     assert pynet.call("NetworkDriver.GetCapabilities", "") == {
-        "Scope": "local", "ConnectivityScope": "local"}
+        "Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+
+
+def test_gateway_is_left_unallocated_only_for_internal_networks_without_ipv4(
+        pynet: Instance, res: Resources) -> None:
+    """Docker 28+ asks GwAllocCheck before allocating; the answer is the bridge driver's."""
+    generic = "com.docker.network.generic"
+    inhibit = {"com.docker.network.bridge.inhibit_ipv4": "true"}
+    assert pynet.call("NetworkDriver.GwAllocCheck", {"Options": {}}) == {
+        "SkipIPv4": False, "SkipIPv6": False}
+    assert pynet.call("NetworkDriver.GwAllocCheck", {"Options": {generic: inhibit}}) == {
+        "SkipIPv4": False, "SkipIPv6": False}
+    assert pynet.call("NetworkDriver.GwAllocCheck", {"Options": {
+        generic: inhibit, "com.docker.network.internal": True}}) == {
+        "SkipIPv4": True, "SkipIPv6": False}
+    if engine() >= 28:  # dockerd then creates the network without a gateway address
+        net = res.network(pynet.name, "--internal", "-o",
+                          "com.docker.network.bridge.inhibit_ipv4=true")
+        assert inspect(net, "{{range .IPAM.Config}}{{.Gateway}}{{end}}") == ""
 
 
 def test_unknown_method_is_a_json_404(pynet: Instance) -> None:

@@ -12,6 +12,7 @@ The checkpoint names are collected from the source, so a new checkpoint without 
 fails the test instead of going unexercised.
 """
 
+import dataclasses
 import re
 import secrets
 import subprocess
@@ -39,6 +40,7 @@ from tests.helpers import (
     REPO,
     Instance,
     docker,
+    engine,
     run,
     serving,
     wait_for,
@@ -94,6 +96,9 @@ class Scenario:
     command: Callable[[Case], list[str]]
     fails: bool  # does the interrupted command report an error to the user?
     retry: Callable[[Case], None]
+    # From this engine on dockerd does not fail the command (EndpointOperInfo only informs
+    # since 28: a container whose driver cannot answer it starts all the same).
+    succeeds_since: int | None = None
     # pynet never heard of the removal (it was "down" when the call came): it still has the
     # network dockerd dropped, until a new network gets that pool from dockerd's IPAM.
     leaves_stale_network: bool = False
@@ -168,7 +173,7 @@ SCENARIOS: dict[str, Scenario] = {
                                        leaves_stale_network=True),
     "received.CreateEndpoint": RUN,
     "received.Join": RUN,
-    "received.EndpointOperInfo": RUN,
+    "received.EndpointOperInfo": dataclasses.replace(RUN, succeeds_since=28),
     "received.ProgramExternalConnectivity": RUN_PUBLISHED,
     "received.Leave": RM,
     "received.DeleteEndpoint": RM,
@@ -237,7 +242,7 @@ def test_crash_at_checkpoint_leaves_consistent_state(
             user.kill()
     said = user.stdout.read() if user.stdout else ""
 
-    if scenario.fails:
+    if scenario.fails and (scenario.succeeds_since is None or engine() < scenario.succeeds_since):
         assert rc != 0 and RETRY_HINT in said, (
             f"after a crash at {point}, {' '.join(argv)} exited {rc} saying {said!r}; "
             f"expected a failure telling the user to {RETRY_HINT}")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Resources
 from tests.e2e.consistency import free_port
-from tests.helpers import Instance, new_instance, purge_instance, run
+from tests.helpers import LEAST, Instance, new_instance, privileges, purge_instance, run
 
 
 @pytest.fixture
@@ -124,3 +124,14 @@ def test_the_plugin_socket_is_the_only_unix_listener(inst: Instance) -> None:
             if fields[6] in mine and int(fields[3], 16) & 0x10000:  # __SO_ACCEPTCON
                 listening.append(fields[7] if len(fields) > 7 else "(unnamed)")
     assert set(listening) == {inst.socket}, listening
+
+
+
+def test_serving_process_keeps_three_capabilities_and_no_new_privs(inst: Instance,
+                                                                   res: Resources) -> None:
+    """Started by root with every capability, pynet keeps what its work needs, and that work
+    (a network, a container with a port below 1024, iptables runs) still succeeds."""
+    net = res.network(inst.name)
+    res.run("--network", net, "-p", "127.0.0.1:1023:80")  # a privileged host port
+    for pid in plugin_pids(inst):
+        assert privileges(pid) == LEAST, f"pid {pid}"

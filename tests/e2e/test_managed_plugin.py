@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import Resources
 from tests.helpers import (
+    LEAST,
     PYNET,
     REPO,
     Subnets,
@@ -31,6 +32,7 @@ from tests.helpers import (
     docker_ok,
     iptables_save,
     links,
+    privileges,
     run,
     wait_for,
 )
@@ -79,7 +81,8 @@ class Plugin:
 
     def build_info(self) -> str:
         """The build stamp the script writes into each rootfs (dockerd stores it readable)."""
-        return Path(f"/var/lib/docker/plugins/{self.id()}/rootfs/etc/pynet-build").read_text()
+        root = docker("info", "--format", "{{.DockerRootDir}}").stdout.strip()
+        return Path(f"{root}/plugins/{self.id()}/rootfs/etc/pynet-build").read_text()
 
     def pid(self) -> int | None:
         """Host pid of the plugin's PID 1 (gunicorn's master), None while it is not running."""
@@ -206,6 +209,13 @@ def test_config_asks_for_net_admin_only_and_mounts_present_at_every_boot() -> No
     assert env["PYNET_SOCKET_NAME"]["value"] == config["interface"]["socket"]
     assert "value" in env["LOG_LEVEL"]["settable"]
     assert "value" in env["PYNET_STATE_DIR"]["settable"]
+
+
+def test_plugin_process_keeps_three_capabilities_and_no_new_privs(plugin: Plugin) -> None:
+    """dockerd gives a plugin Docker's default capabilities plus config.json's; pynet drops
+    all but the three it needs before serving."""
+    pid = wait_for("the plugin to run", plugin.pid, timeout=30)
+    assert privileges(pid) == LEAST
 
 
 def test_plugin_is_enabled_with_its_own_state_dir(plugin: Plugin) -> None:

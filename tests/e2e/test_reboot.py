@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from plugin.firewall.iptables import IPTables
-from plugin.firewall.rules import Chains, hooks
+from plugin.firewall.rules import Chains
 from tests.conftest import Resources
 from tests.e2e.consistency import (
     assert_consistent,
@@ -97,7 +97,7 @@ def test_networks_and_restart_always_containers_survive_a_reboot(inst: Instance,
     for name in owned_links(inst):  # what a reboot wipes
         run(["ip", "link", "del", name], check=False)
     chains = Chains(chain_prefix(inst))
-    IPTables().remove_all(chains, hooks(chains, True))
+    IPTables().remove_all(chains)
     assert link(bridge) is None and not own_rules(inst)
 
     inst.start()

@@ -22,7 +22,15 @@ from plugin.firewall.iptables import (
     parse_save,
     teardown_batch,
 )
-from plugin.firewall.rules import Chains, NetworkSpec, PortSpec, RuleSet, hooks, render
+from plugin.firewall.rules import (
+    Chains,
+    NetworkSpec,
+    PortSpec,
+    RuleSet,
+    docker_layout,
+    hooks,
+    render,
+)
 
 C = Chains("PT")
 NET = ipaddress.IPv4Network("10.231.130.0/24")
@@ -216,10 +224,15 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
     assert rules.hooks == hooks(C)
 
 
-def test_trusted_host_interfaces_may_route_to_the_containers() -> None:
-    raw = render(C, [one(trusted=("eth1", "vpn0"))], [], False).chains["raw"]["PT-RAW"]
-    assert raw == [RAW_RULES[0], "-d 10.231.130.0/24 -i eth1 -j RETURN",
-                   "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[1]]
+def test_trusted_host_interfaces_may_route_to_published_ports() -> None:
+    port = PortSpec("pt-br0", CIP, "tcp", 80, None, 18080, trusted=("eth1", "vpn0"))
+    rules = render(C, [one(trusted=("eth1", "vpn0"))], [port], False)
+    assert rules.chains["raw"]["PT-RAW"] == [
+        RAW_RULES[0], "-d 10.231.130.0/24 -i eth1 -j RETURN",
+        "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[1]]
+    assert rules.chains["filter"]["PT-PORTS"][1:] == [
+        "-d 10.231.130.2/32 -i eth1 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT",
+        "-d 10.231.130.2/32 -i vpn0 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT"]
 
 
 def test_published_ports_accept_only_dnatted_connections() -> None:
@@ -459,3 +472,13 @@ def test_teardown_removes_every_hook_and_chain(text: str) -> None:
     assert {c: r for c, r in after.tables["raw"].items() if r} == \
         {c: r for c, r in before.tables.get("raw", {}).items() if r}
     assert teardown_batch(C, after) is None
+
+
+@pytest.mark.parametrize("text,layout", [
+    (BASELINE, "Docker 20.10 iptables"), (ENGINE_29, "Docker 29 iptables"),
+    (ENGINE_29.replace(":DOCKER-INTERNAL", ":DOCKER-ISOLATION-STAGE-2"), "Docker 28 iptables"),
+    (NO_DOCKER, "no Docker iptables chains (Docker's nftables backend, or dockerd's "
+                "iptables off)"),
+])
+def test_dockers_layout_is_told_from_its_chains(text: str, layout: str) -> None:
+    assert docker_layout(parse_save(text).tables["filter"]) == layout

@@ -19,6 +19,7 @@ from plugin.errors import PynetError
 from plugin.firewall.iptables import IPTables
 from plugin.firewall.rules import Chains, docker_layout
 from plugin.netlink import Netlink
+from plugin.owner import claim
 from plugin.ports import PortReservations
 from plugin.privileges import drop_privileges
 from plugin.store import Store
@@ -135,6 +136,8 @@ def release_free_memory() -> None:
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     os.makedirs(settings.socket_dir, exist_ok=True)
+    # Held (the descriptor stays open) until the process exits.
+    claim(settings, "another server can start", wait=settings.call_deadline)
     # Calls are short bursts of Python between syscalls, while the periodic check decodes
     # every link and rule on the host in one go; with the default 5 ms switch interval each
     # GIL hand-over made a call wait that long, and CreateNetwork took up to 400 ms at 200
@@ -163,6 +166,8 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.dry_run:  # a plan changes nothing: it may look while the server runs
+        claim(settings, "'pynet reconcile' can run")
     driver = build_driver(settings)
     actions = reconcile.run(driver, dry_run=args.dry_run)
     for description in actions:
@@ -173,6 +178,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
+    claim(settings, "'pynet uninstall' can run")
     store = Store(settings.state_dir)
     if store.networks():
         print(f"pynet still has {len(store.networks())} network(s); remove them with "

@@ -65,6 +65,24 @@ def gateway_skips(options: NetworkOptions) -> tuple[bool, bool]:
     return options.internal and options.inhibit_ipv4, False
 
 
+class Epoch:
+    """Odd while a call runs, and changed by every call (see Driver.epoch). Calls advance it
+    under the driver lock, a delete deferred for want of that lock without it: the counter has
+    a lock of its own, or one of two concurrent updates could be lost and leave it odd."""
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def advance(self, steps: int) -> None:
+        with self._lock:
+            self._value += steps
+
+
 _PARSED: dict[str, protocol.CreateNetwork] = {}
 
 
@@ -104,11 +122,15 @@ class Driver:
         # number per unpublish): a new endpoint given such an address removes them first.
         self._unpublished: dict[str, int] = {}
         self._serial = itertools.count()
-        # Odd while a call runs, and changed by every call: the periodic check, which reads
-        # the kernel without the lock, trusts a difference only if no call ran meanwhile.
-        self.epoch = 0
+        self._epoch = Epoch()
         self.layout = ""  # dockerd's firewall layout, as the last render found it
         threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
+
+    @property
+    def epoch(self) -> int:
+        """Odd while a call runs, and changed by every call: the periodic check, which reads
+        the kernel without the lock, trusts a difference only if no call ran meanwhile."""
+        return self._epoch.value
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -117,11 +139,11 @@ class Driver:
         if not self.ready.wait(deadline):
             raise Busy(f"pynet is still restoring its networks after {deadline:.0f}s; retry")
         with self.exclusive():
-            self.epoch += 1
+            self._epoch.advance(1)
             try:
                 yield
             finally:
-                self.epoch += 1
+                self._epoch.advance(1)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -287,7 +309,7 @@ class Driver:
             marked = self.store.mark_deleting("endpoints", endpoint_id)
         else:
             marked = self.store.mark_deleting("networks", network_id)
-        self.epoch += 2
+        self._epoch.advance(2)
         if marked:
             log.warning("busy: %s %s marked for deletion without the lock",
                         "endpoint" if endpoint_id else "network", (endpoint_id or network_id)[:12])

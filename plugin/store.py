@@ -91,6 +91,12 @@ class EndpointRecord:
     in_container: bool = False
 
 
+# An update never takes a record out of ``deleting``: a delete marked without the driver lock
+# (mark_deleting, while a call holds the lock) must survive that call's write of the copy it
+# read before.
+_DELETE_IS_FINAL = f"WHERE state != '{DELETING}' OR excluded.state = '{DELETING}'"
+
+
 class Store:
     """SQLite-backed records; one connection shared under a lock (calls are short)."""
 
@@ -147,7 +153,7 @@ class Store:
                 db.execute(
                     "INSERT INTO networks (id, bridge, state, data) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET bridge=excluded.bridge, "
-                    "state=excluded.state, data=excluded.data",
+                    f"state=excluded.state, data=excluded.data {_DELETE_IS_FINAL}",
                     (record.id, record.bridge, record.state, data),
                 )
         except sqlite3.IntegrityError:
@@ -184,7 +190,8 @@ class Store:
         with self._tx(flushed=False) as db:
             db.execute(
                 "INSERT INTO endpoints (id, network_id, state, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, data=excluded.data",
+                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, data=excluded.data "
+                f"{_DELETE_IS_FINAL}",
                 (record.id, record.network_id, record.state, data),
             )
 

@@ -3,6 +3,7 @@ interval and logged by name; orphans of containers stopped while pynet was down 
 ``pynet reconcile --dry-run`` prints the plan and changes nothing.
 """
 
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -199,8 +200,32 @@ def test_dry_run_prints_the_plan_and_changes_nothing(idle: Instance, res: Resour
     assert f"would repair iptables: repaired chain(s) nat {prefix}-POSTROUTING" in plan
     assert snapshot() == before, "a dry run changed something"
 
+    idle.stop()  # only a stopped server's kernel objects may be repaired from outside
     done = run(idle.argv("reconcile")).stdout
+    idle.start()
     assert f"did: delete veth {orphan}" in done
     assert link(orphan) is None and s.gateway in addresses(s.bridge)
     assert not repairs(dry_run(idle))
     docker("exec", s.container, "ping", "-c1", "-W3", s.gateway.split("/")[0])
+
+
+def test_the_running_server_is_the_only_owner(pynet: Instance, res: Resources) -> None:
+    """While pynet serves, a command-line reconcile or uninstall, or a second server of the
+    same instance, would work on the same kernel objects: each refuses and changes nothing.
+    A dry run only looks, so it may."""
+    net = res.network(pynet.name)
+    res.run("--network", net)
+    before = records(pynet).networks, records(pynet).endpoints.keys()
+    for command in (("reconcile",), ("uninstall",)):
+        done = run(pynet.argv(*command), check=False)
+        assert done.returncode == 2, done
+        assert "pynet serve is running" in done.stderr and "only while it is stopped" in \
+            done.stderr, done.stderr
+    second = subprocess.run(pynet.argv("serve"), capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PYNET_CALL_DEADLINE": "1"})
+    assert second.returncode == 2 and "another server can start only while it is stopped" \
+        in second.stderr, second
+    assert pynet.answers()
+    run(pynet.argv("reconcile", "--dry-run"))
+    after = records(pynet)
+    assert (after.networks, after.endpoints.keys()) == before

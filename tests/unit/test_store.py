@@ -69,3 +69,27 @@ def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> Non
     store.delete_network("n1")
     assert synchronous(store) == "FULL"
     assert store.endpoints() == [] and store.networks() == []
+
+
+def test_a_marked_delete_survives_a_write_of_a_stale_copy(tmp_path: Path) -> None:
+    """DeleteEndpoint/DeleteNetwork may mark a record while a call holding the driver lock has
+    a copy it read before; that call's write must not bring the record back."""
+    store = Store(str(tmp_path))
+    network = NetworkRecord(id="n" * 64, bridge="pn-race", request={}, preexisting=False,
+                            state=READY)
+    store.put_network(network)
+    ep = EndpointRecord(id="e" * 64, network_id=network.id, address="10.231.250.2/24",
+                        address_v6=None, mac="02:42:0a:e7:fa:02", mac_given=False,
+                        host_veth="pnheeeeeeeeeeee", peer_veth="pnceeeeeeeeeeee", created=0.0,
+                        state=READY)
+    store.put_endpoint(ep)
+    stale_network, stale_endpoint = store.network(network.id), store.endpoint(ep.id)
+    assert stale_network is not None and stale_endpoint is not None
+    assert store.mark_deleting("endpoints", ep.id)
+    assert store.mark_deleting("networks", network.id)
+    store.put_endpoint(stale_endpoint)  # state READY, as the call read it
+    store.put_network(stale_network)
+    assert store.endpoint(ep.id).state == DELETING  # type: ignore[union-attr]
+    assert store.network(network.id).state == DELETING  # type: ignore[union-attr]
+    stale_endpoint.state = DELETING  # the reaper's own writes still go through
+    store.put_endpoint(stale_endpoint)

@@ -1,4 +1,4 @@
-"""``pynet serve | status | reconcile [--dry-run] | uninstall``."""
+"""``pynet serve | status | reconcile [--dry-run] | forget NETWORK | uninstall``."""
 
 import argparse
 import ctypes
@@ -19,7 +19,7 @@ from plugin.errors import PynetError
 from plugin.firewall.iptables import IPTables
 from plugin.firewall.rules import Chains, docker_layout
 from plugin.netlink import Netlink
-from plugin.owner import claim
+from plugin.owner import claim, server_started
 from plugin.ports import PortReservations
 from plugin.privileges import drop_privileges
 from plugin.store import Store
@@ -150,10 +150,15 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _status(settings: Settings, _args: argparse.Namespace) -> int:
     store = Store(settings.state_dir)
+    started = server_started(settings)
     out = []
     for n in store.networks():
         endpoints = store.endpoints(n.id)
+        # Named by dockerd since the server started (None: no server runs to tell). A network
+        # that stays unconfirmed may be one dockerd removed while pynet was down: see forget.
+        confirmed = None if started is None else n.confirmed >= started
         out.append({"network": n.id, "bridge": n.bridge, "state": n.state,
+                    "confirmed": confirmed,
                     "endpoints": [{"id": e.id, "address": e.address, "veth": e.host_veth,
                                    "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
                                              for p in e.ports]} for e in endpoints]})
@@ -174,6 +179,26 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         print(("would " if args.dry_run else "did: ") + description)
     if not actions:
         print("kernel matches pynet's records; nothing to do")
+    return 0
+
+
+def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Mark a network dockerd no longer has for removal: the running server's reaper (or the
+    next start) removes its bridge, rules and records, as for a DeleteNetwork."""
+    store = Store(settings.state_dir)
+    found = [n for n in store.networks() if n.id.startswith(args.network)]
+    if len(args.network) < 12 or len(found) != 1:
+        print(f"pynet: {args.network!r} names {len(found)} of pynet's networks; give at least "
+              "12 characters of one id that 'pynet status' shows", file=sys.stderr)
+        return 2
+    network = found[0]
+    for endpoint in store.endpoints(network.id):
+        store.mark_deleting("endpoints", endpoint.id)
+    store.mark_deleting("networks", network.id)
+    when = ("within the reconcile interval" if server_started(settings) is not None
+            else "when pynet next starts")
+    print(f"network {network.id[:12]} (bridge {network.bridge}) marked for removal; pynet "
+          f"removes it {when}")
     return 0
 
 
@@ -204,13 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("reconcile", help="repair the kernel from the records")
     rec.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     sub.add_parser("uninstall", help="remove pynet's iptables chains and jumps")
+    forget = sub.add_parser("forget", help="remove a network dockerd no longer has")
+    forget.add_argument("network", help="the network's id (12 characters or more)")
     args = parser.parse_args(argv)
     try:
         settings = from_env(name=args.name, state_dir=args.state_dir, socket_dir=args.socket_dir,
                             sysctl_root=args.sysctl_root, log_level=args.log_level)
         setup_logging(settings.log_level)
         handler = {"serve": _serve, "status": _status, "reconcile": _reconcile,
-                   "uninstall": _uninstall}[args.command]
+                   "uninstall": _uninstall, "forget": _forget}[args.command]
         return handler(settings, args)
     except PynetError as exc:
         print(f"pynet: {exc}", file=sys.stderr)

@@ -123,6 +123,7 @@ class Driver:
         self._unpublished: dict[str, int] = {}
         self._serial = itertools.count()
         self._epoch = Epoch()
+        self._confirmed: set[str] = set()  # networks dockerd named since this server started
         self.layout = ""  # dockerd's firewall layout, as the last render found it
         threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
 
@@ -191,7 +192,9 @@ class Driver:
                                      "com.docker.network.bridge.name")
             mine = link is not None and link.alias.startswith(self.settings.alias_prefix)
             record = NetworkRecord(id=req.network_id, bridge=bridge, request=req.body,
-                                   preexisting=link is not None and not mine)
+                                   preexisting=link is not None and not mine,
+                                   confirmed=time.time())
+            self._confirmed.add(record.id)
             self.store.put_network(record)  # refuses a bridge another network holds
             checkpoint("create_network.recorded")
         try:
@@ -240,23 +243,29 @@ class Driver:
         """Remove networks dockerd must have deleted while pynet could not be told.
 
         dockerd gives up on DeleteNetwork after ~15 s of retries when pynet is down, and drops
-        the network anyway. Its own IPAM never hands out overlapping pools, so a new pool that
-        overlaps a recorded one proves that network is gone; without this its bridge, routes,
-        rules and bridge name would stay taken for good. True if any was marked for removal."""
-        if req.ipv4.address_space != DOCKER_IPAM_SPACE:
-            return False
-        dropped = False
-        for old in networks:
+        the network anyway. Its own IPAM never hands out overlapping pools, so a new pool of
+        it that overlaps a recorded one of it proves that network is gone; without this its
+        bridge, routes, rules and bridge name would stay taken for good. Any other overlap
+        proves nothing (another IPAM driver may overlap pools) and two bridges must not route
+        one subnet: the new network is refused, before anything is marked. True if any was
+        marked for removal."""
+        overlapping = [old for old in networks
+                       if old.id != req.network_id and old.state == READY
+                       and parse_network(old).ipv4.pool.overlaps(req.ipv4.pool)]
+        for old in overlapping:
             prev = parse_network(old).ipv4
-            if (old.id != req.network_id and old.state == READY
-                    and prev.address_space == DOCKER_IPAM_SPACE
-                    and prev.pool.overlaps(req.ipv4.pool)):
-                log.warning("removing network %s (%s): dockerd now gives its pool %s to network "
-                            "%s, so it was removed while pynet was down", old.id[:12],
-                            old.bridge, prev.pool, req.network_id[:12])
-                self.delete_network(protocol.NetworkRef(old.id))
-                dropped = True
-        return dropped
+            if not prev.address_space == req.ipv4.address_space == DOCKER_IPAM_SPACE:
+                raise InvalidRequest(
+                    f"subnet {req.ipv4.pool} overlaps {prev.pool} of network {old.id[:12]} "
+                    f"(bridge {old.bridge}); choose another subnet, or if 'docker network "
+                    f"ls' no longer shows that network, remove it with 'pynet forget "
+                    f"{old.id[:12]}'")
+        for old in overlapping:
+            log.warning("removing network %s (%s): dockerd now gives its pool %s to network "
+                        "%s, so it was removed while pynet was down", old.id[:12], old.bridge,
+                        parse_network(old).ipv4.pool, req.network_id[:12])
+            self.delete_network(protocol.NetworkRef(old.id))
+        return bool(overlapping)
 
     def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
         br = record.bridge
@@ -374,6 +383,9 @@ class Driver:
         if record is None or record.state != READY:
             raise NotFound(f"network {network_id[:12]} is not known to pynet (was it created "
                            "with another driver, or removed?); recreate the network")
+        if network_id not in self._confirmed:
+            self._confirmed.add(network_id)
+            self.store.mark_confirmed(network_id, time.time())
         return record, parse_network(record)
 
     def create_endpoint(self, req: protocol.CreateEndpoint) -> str | None:

@@ -41,7 +41,24 @@ def claim(settings: Settings, what: str, wait: float = 0.0) -> int:
         os.close(fd)
         raise Owned(f"another process serves {settings.socket_path}; stop it, or give this "
                     "instance another --name")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{time.time()}\n".encode())  # when this owner started (server_started)
     return fd
+
+
+def server_started(settings: Settings) -> float | None:
+    """When the running server started, or None if no server holds the instance."""
+    path = os.path.join(settings.state_dir, "owner.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        if _locked(fd):
+            return None  # nobody holds it (the shared lock of a reader goes with the close)
+        return float(os.read(fd, 64).decode().strip() or 0)
+    finally:
+        os.close(fd)
 
 
 def _locked(fd: int) -> bool:

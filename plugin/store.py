@@ -59,6 +59,9 @@ class NetworkRecord:
     request: dict[str, Any]
     preexisting: bool
     state: str = CREATING
+    # When dockerd last named the network in a call (at most once per server run): a network
+    # dockerd removed while pynet was down is never named again.
+    confirmed: float = 0.0
 
 
 @dataclass
@@ -204,6 +207,12 @@ class Store:
             done = db.execute(f"UPDATE {table} SET state = ?, data = json_set(data, '$.state', ?)"
                               " WHERE id = ?", (DELETING, DELETING, object_id))
         return done.rowcount > 0
+
+    def mark_confirmed(self, network_id: str, when: float) -> None:
+        """Note that dockerd named the network at ``when`` (one field: see mark_deleting)."""
+        with self._tx(flushed=False) as db:
+            db.execute("UPDATE networks SET data = json_set(data, '$.confirmed', ?) WHERE id = ?",
+                       (when, network_id))
 
     def mark_in_container(self, endpoint_id: str) -> None:
         """Note that an endpoint's container end went into its container; one field only, so

@@ -3,6 +3,7 @@ interval and logged by name; orphans of containers stopped while pynet was down 
 ``pynet reconcile --dry-run`` prints the plan and changes nothing.
 """
 
+import json
 import os
 import secrets
 import subprocess
@@ -229,3 +230,37 @@ def test_the_running_server_is_the_only_owner(pynet: Instance, res: Resources) -
     run(pynet.argv("reconcile", "--dry-run"))
     after = records(pynet)
     assert (after.networks, after.endpoints.keys()) == before
+
+
+def test_network_removed_while_pynet_was_down_is_shown_and_forgotten(
+        crashing: tuple[Instance, Path], res: Resources) -> None:
+    """pynet is "down" when dockerd sends DeleteNetwork: dockerd drops the network anyway and
+    never names it again. ``pynet status`` shows it unconfirmed; ``pynet forget`` removes its
+    bridge and records while the server runs."""
+    inst, crash_file = crashing
+    gone = res.network(inst.name)
+    kept = res.network(inst.name)
+    res.run("--network", kept)  # dockerd names it again when the container restarts
+    gone_id, kept_id = (docker("network", "inspect", "-f", "{{.Id}}", n).stdout.strip()
+                        for n in (gone, kept))
+    bridge = f"pn-{gone_id[:12]}"
+    crash_file.write_text("received.DeleteNetwork")
+    docker("network", "rm", gone)
+    assert inst.proc is not None
+    inst.proc.wait(timeout=30)
+    inst.proc = None
+    inst.start()
+    docker("restart", "-t", "1", res.containers[0])
+
+    def confirmed() -> dict[str, bool | None]:
+        return {n["network"]: n["confirmed"] for n in json.loads(run(inst.argv("status")).stdout)}
+    wait_for("dockerd to name the network it has", lambda: confirmed().get(kept_id))
+    assert confirmed() == {gone_id: False, kept_id: True}
+    assert link(bridge) is not None
+    said = run(inst.argv("forget", gone_id[:12])).stdout
+    assert f"network {gone_id[:12]} (bridge {bridge}) marked for removal" in said
+    wait_for("the forgotten network's bridge to go", lambda: link(bridge) is None,
+             timeout=REPAIR_TIMEOUT)
+    assert confirmed() == {kept_id: True}
+    refused = run(inst.argv("forget", "0123"), check=False)
+    assert refused.returncode == 2 and "give at least 12 characters" in refused.stderr

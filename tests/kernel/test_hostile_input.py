@@ -139,8 +139,18 @@ class World:
             assert isinstance(err, str) and err.strip() and len(err) <= MAX_ERR + 20, err[:200]
         return payload
 
+    def sysctls(self, links: list[str]) -> list[tuple[str, str | None]]:
+        """Every kernel parameter pynet writes, for every link and host-wide."""
+        keys = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
+                "net/bridge/bridge-nf-call-iptables"]
+        for name in links:
+            keys += [f"net/ipv4/conf/{name}/route_localnet",
+                     f"net/ipv6/conf/{name}/disable_ipv6", f"net/ipv6/conf/{name}/accept_ra"]
+        return [(key, self.driver.sysctl.read(key)) for key in keys]
+
     def snapshot(self) -> tuple[object, ...]:
-        """Links with their settings and addresses, and every iptables rule (no counters)."""
+        """Links with their settings and addresses, routes, the sysctls pynet writes, and every
+        iptables rule (no counters)."""
         found = []
         for msg in self.ipr.get_links():
             info = msg.get_attr("IFLA_LINKINFO")
@@ -150,9 +160,13 @@ class World:
                           info.get_attr("IFLA_INFO_KIND") if info else None))
         addrs = sorted((m["index"], m.get_attr("IFA_ADDRESS"), m["prefixlen"])
                        for m in self.ipr.get_addr())
+        routes = sorted([(m["family"], m.get_attr("RTA_DST"), m["dst_len"],
+                          m.get_attr("RTA_OIF"), m.get_attr("RTA_TABLE"))
+                         for m in self.ipr.get_routes(family=0)], key=str)
         rules = [line.split(" [")[0] for line in run(["iptables-save"]).stdout.splitlines()
                  if line[:1] in "*:-"]
-        return (sorted(found, key=str), addrs, rules, self.driver.ports.held(),
+        sysctls = self.sysctls([str(item[0]) for item in found])
+        return (sorted(found, key=str), addrs, routes, sysctls, rules, self.driver.ports.held(),
                 sorted(e.id for e in self.driver.store.endpoints()),
                 sorted(n.id for n in self.driver.store.networks()))
 

@@ -77,6 +77,15 @@ def engine() -> int:
     return int(version.split(".")[0])
 
 
+@functools.cache
+def firewall_backend() -> str:
+    """The firewall dockerd drives: "iptables", or "nftables" (Docker 29's other backend,
+    which writes no iptables rules at all). Engines before 29 do not say: iptables."""
+    done = docker("info", "--format", "{{with .FirewallBackend}}{{.Driver}}{{end}}",
+                  check=False)
+    return "nftables" if done.stdout.strip().startswith("nftables") else "iptables"
+
+
 def ensure_dockerd() -> None:
     """Start Debian's dockerd if none answers, and wait until it does."""
     if docker_ok():

@@ -22,7 +22,15 @@ from plugin.config import Settings
 from tests.conftest import Resources
 from tests.e2e import netcheck
 from tests.e2e.ruleview import ORDERED, Tokens, host_port, scenario_rules
-from tests.helpers import Subnets, docker, docker_ok, link, stable_iptables_save, wait_for
+from tests.helpers import (
+    Subnets,
+    docker,
+    docker_ok,
+    firewall_backend,
+    link,
+    stable_iptables_save,
+    wait_for,
+)
 
 DOCKER = "docker"
 PYNET = "pynet"
@@ -350,7 +358,8 @@ def compare(scenario: str, results: dict[str, dict[str, Observation]],
     for step, ref in results[DOCKER].items():
         got = results[PYNET][step]
         where = f"{scenario}/{step}"
-        if not ref.seen:
+        rules_compared = firewall_backend() == "iptables"  # nftables: behaviour only
+        if rules_compared and not ref.seen:
             problems.append(f"[{where}] no iptables rule of Docker's names the scenario's "
                             "bridges or subnets: the rule view is broken")
         for label, want in ref.expected.items():
@@ -361,7 +370,7 @@ def compare(scenario: str, results: dict[str, dict[str, Observation]],
             if got.matrix[label] != want:
                 problems.append(f"[{where}] pynet: {label} gave {got.matrix[label]!r}, "
                                 f"expected {want!r}")
-        expected = expected_rules(ref.rules, rule_diffs)
+        expected = expected_rules(ref.rules, rule_diffs) if rules_compared else {}
         actual = without_extras(got.rules, rule_diffs)
         for chain in sorted(expected):  # the chains both drivers have (ruleview.py)
             a, e = actual.get(chain, []), expected.get(chain, [])

@@ -217,19 +217,26 @@ def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pynet`` command."""
-    parser = argparse.ArgumentParser(prog="pynet", description=__doc__)
-    parser.add_argument("--name", help="driver name and socket file name (default pynet)")
-    parser.add_argument("--state-dir", help="where records live (default /var/lib/pynet)")
-    parser.add_argument("--socket-dir", help="where the socket goes (/run/docker/plugins)")
-    parser.add_argument("--sysctl-root", help="writable /proc/sys tree")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
+    # The instance's options go before or after the command ("pynet serve --name X" as well
+    # as "pynet --name X serve"); after it they are only taken when given.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--name", help="driver name and socket file name (default pynet)")
+    common.add_argument("--state-dir", help="where records live (default /var/lib/pynet)")
+    common.add_argument("--socket-dir", help="where the socket goes (/run/docker/plugins)")
+    common.add_argument("--sysctl-root", help="writable /proc/sys tree")
+    common.add_argument("--log-level", help="debug, info, warning or error")
+    after = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in common._actions:
+        after.add_argument(*action.option_strings, help=action.help)
+    parser = argparse.ArgumentParser(prog="pynet", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="serve the driver in the foreground")
-    sub.add_parser("status", help="print the networks and endpoints pynet has")
-    rec = sub.add_parser("reconcile", help="repair the kernel from the records")
+    sub.add_parser("serve", parents=[after], help="serve the driver in the foreground")
+    sub.add_parser("status", parents=[after], help="print the networks and endpoints pynet has")
+    rec = sub.add_parser("reconcile", parents=[after], help="repair the kernel from the records")
     rec.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    sub.add_parser("uninstall", help="remove pynet's iptables chains and jumps")
-    forget = sub.add_parser("forget", help="remove a network dockerd no longer has")
+    sub.add_parser("uninstall", parents=[after], help="remove pynet's iptables chains and jumps")
+    forget = sub.add_parser("forget", parents=[after],
+                            help="remove a network dockerd no longer has")
     forget.add_argument("network", help="the network's id (12 characters or more)")
     args = parser.parse_args(argv)
     try:

@@ -27,7 +27,7 @@ The layout, per network (``BR`` its bridge):
 """
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Docker's chains that pynet's placement and rules refer to.
@@ -38,14 +38,16 @@ DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
 LOOPBACK = "127.0.0.0/8"
 
 
-def docker_layout(filter_chains: Collection[str]) -> str:
-    """Which engine's iptables layout dockerd keeps, from the filter chains that exist (for
-    logs and ``pynet status``; the rules depend only on the isolation stages)."""
-    stages = DOCKER_ISOLATION_2 in filter_chains
-    if DOCKER_FORWARD in filter_chains:
-        return "Docker 28 iptables" if stages else "Docker 29 iptables"
-    if stages:
+def docker_layout(filter_chains: Mapping[str, list[str]]) -> str:
+    """Which engine's iptables layout dockerd keeps, from the jumps in the filter table (for
+    logs and ``pynet status``; the rules depend only on whether the isolation stages exist).
+    Jumps, not chains: an engine leaves its predecessor's chains behind when a host switches."""
+    forward = filter_chains.get("FORWARD", [])
+    if f"-j {DOCKER_ISOLATION_1}" in forward:
         return "Docker 20.10 iptables"
+    if f"-j {DOCKER_FORWARD}" in forward:
+        staged = f"-j {DOCKER_ISOLATION_1}" in filter_chains.get(DOCKER_FORWARD, [])
+        return "Docker 28 iptables" if staged else "Docker 29 iptables"
     return "no Docker iptables chains (Docker's nftables backend, or dockerd's iptables off)"
 
 

@@ -97,17 +97,7 @@ COMMIT
 -A DOCKER-FORWARD -j DOCKER-BRIDGE
 -A DOCKER-FORWARD -i docker0 -j ACCEPT
 COMMIT
-*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
-COMMIT
-"""
+""" + BASELINE[BASELINE.index("*nat"):].replace("-A DOCKER -i docker0 -j RETURN\n", "")
 
 NO_DOCKER = """\
 *filter

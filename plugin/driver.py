@@ -175,7 +175,7 @@ class Driver:
         bridge = req.options.bridge_name or f"pn-{req.network_id[:12]}"
         record = self.store.network(req.network_id)
         if record is None:
-            self._check_supported(req)
+            self._check_supported(req, bridge)
         if record is not None and record.state == READY:
             return  # dockerd retried a call that succeeded
         if record is None:
@@ -217,9 +217,10 @@ class Driver:
         record.state = READY
         self.store.put_network(record)
 
-    def _check_supported(self, req: protocol.CreateNetwork) -> None:
+    def _check_supported(self, req: protocol.CreateNetwork, bridge: str) -> None:
         """Refuse networks pynet cannot build as safely as the bridge driver would."""
         req.check_host_safety()
+        self._check_host_routes(req.ipv4.pool, bridge)
         for key, mode in ((GATEWAY_MODE_IPV4, req.options.gateway_mode_ipv4),
                           (GATEWAY_MODE_IPV6, req.options.gateway_mode_ipv6)):
             if mode != "nat":  # NAT with the direct-routing protection, Docker's default
@@ -237,6 +238,22 @@ class Driver:
                 "IP forwarding is off on the host (net.ipv4.ip_forward=0), so containers "
                 "could not reach beyond their network; enable it (sysctl -w "
                 "net.ipv4.ip_forward=1) or create the network with --internal")
+
+    def _check_host_routes(self, pool: ipaddress.IPv4Network, bridge: str) -> None:
+        """Refuse a pool that overlaps a route of the host's (its LAN, a VPN, another
+        bridge): the bridge's route would take those addresses from it. Routes of ``bridge``
+        itself (a user's bridge the network takes over) and of this instance's other bridges
+        (left to _drop_superseded) are no conflict, nor is the default route."""
+        for dst, oif in self.netlink.routes_v4():
+            if dst.prefixlen == 0 or not dst.overlaps(pool):
+                continue
+            name = self.netlink.name_of(oif) if oif else None
+            if name is not None and (name == bridge
+                                     or self.store.network_by_bridge(name) is not None):
+                continue
+            raise InvalidRequest(f"subnet {pool} overlaps the host's route to {dst}"
+                                 f"{f' via {name}' if name else ''}: the network's bridge "
+                                 "would take those addresses from it; choose another subnet")
 
     def _drop_superseded(self, req: protocol.CreateNetwork,
                          networks: list[NetworkRecord]) -> bool:
@@ -270,7 +287,8 @@ class Driver:
     def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
         br = record.bridge
         self.netlink.ensure_bridge(br, alias=None if record.preexisting else self.alias(record.id))
-        if not record.preexisting:
+        # A host booted with ipv6.disable=1 has no net/ipv6 tree: nothing to turn off there.
+        if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
         if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
             self.netlink.ensure_address(br, req.ipv4.gateway)

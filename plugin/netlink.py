@@ -9,6 +9,7 @@ own, so clean-up never touches a bridge the user made or another instance's link
 import errno
 import ipaddress
 import secrets
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -170,6 +171,22 @@ class Netlink:
         msgs = self._call(f"reading link {name}", "link", "get", ifname=name,
                           tolerate=(errno.ENODEV,))
         return msgs[0].link if msgs else None
+
+    def routes_v4(self) -> list[tuple[ipaddress.IPv4Network, int]]:
+        """The main table's IPv4 routes as (destination, output interface index; 0 if none)."""
+        found = []
+        for msg in self._call("listing routes", "get_routes", family=socket.AF_INET,
+                              table=254):
+            dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+            found.append((ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}", strict=False),
+                          msg.get_attr("RTA_OIF") or 0))
+        return found
+
+    def name_of(self, index: int) -> str | None:
+        """The name of the link with this index, or None."""
+        msgs = self._call(f"reading link {index}", "link", "get", index=index,
+                          tolerate=(errno.ENODEV,))
+        return msgs[0].link.name if msgs else None
 
     def links(self) -> Iterator[Link]:
         """Every link in this namespace."""

@@ -218,6 +218,17 @@ def test_plugin_process_keeps_three_capabilities_and_no_new_privs(plugin: Plugin
     assert privileges(pid) == LEAST
 
 
+def test_plugin_sees_of_the_host_only_its_two_mounts(plugin: Plugin) -> None:
+    """The host's net sysctls and /var/lib (not recursively: nothing mounted below it)."""
+    pid = wait_for("the plugin to run", plugin.pid, timeout=30)
+    mounts = {line.split()[4]: line.split()[5].split(",")
+              for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+    from_host = {point: options for point, options in mounts.items()
+                 if point.startswith("/host")}
+    assert set(from_host) == {"/host/proc/sys/net", "/host/var/lib"}, from_host
+    assert all("rw" in options for options in from_host.values())
+
+
 def test_plugin_is_enabled_with_its_own_state_dir(plugin: Plugin) -> None:
     assert plugin.enabled()
     assert f"PYNET_STATE_DIR=/host{plugin.state_dir}" in plugin.env()

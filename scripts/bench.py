@@ -46,6 +46,7 @@ from tests.helpers import (  # noqa: E402
     docker,
     docker_ok,
     ensure_image,
+    firewall_backend,
     links,
     purge_instance,
     run,
@@ -702,8 +703,7 @@ def machine() -> dict[str, str]:
                 for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
     server = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
-    backend = docker("info", "--format", "{{with .FirewallBackend}}{{.Driver}}{{end}}",
-                     check=False).stdout.strip() or "iptables"
+    backend = firewall_backend()
     iptables = run(["iptables", "--version"], check=False).stdout.strip()
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
             "docker": server, "firewall": backend, "iptables": iptables,

@@ -263,7 +263,12 @@ class World:
         if cell.port in self.lab.ports:
             return self.lab.ports[cell.port]
         _, where, container_port = cell.port.split(":")
-        chain = ("nat", "DOCKER") if self.prefix is None else ("nat", f"{self.prefix}-DNAT")
+        if self.prefix is None:  # Docker's port map (no DNAT rule with its nftables backend)
+            ctr = self.ctrs[where.split("@")[0]]
+            shown = docker("port", ctr, f"{container_port}/{cell.proto}", check=False).stdout
+            found = re.search(r"^0\.0\.0\.0:(\d+)$", shown, re.M)
+            return int(found.group(1)) if found else None
+        chain = ("nat", f"{self.prefix}-DNAT")
         return host_port(save, chain, f"{self.address(where)}:{container_port}", cell.proto)
 
     def rules(self, save: str | None = None) -> dict[str, list[str]]:

@@ -174,12 +174,12 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if not args.dry_run:  # a plan changes nothing: it may look while the server runs
         claim(settings, "'pynet reconcile' can run")
     driver = build_driver(settings)
-    actions = reconcile.run(driver, dry_run=args.dry_run)
-    for description in actions:
-        print(("would " if args.dry_run else "did: ") + description)
-    if not actions:
+    outcomes = reconcile.run(driver, dry_run=args.dry_run)
+    for line in outcomes:
+        print(line)
+    if not outcomes:
         print("kernel matches pynet's records; nothing to do")
-    return 0
+    return 1 if any(line.startswith("failed") for line in outcomes) else 0
 
 
 def _forget(settings: Settings, args: argparse.Namespace) -> int:

@@ -187,23 +187,35 @@ def _bind(func: Callable[..., object], *args: object) -> Callable[[], object]:
 
 
 def run(driver: Driver, dry_run: bool = False) -> list[str]:
-    """Plan and (unless ``dry_run``) apply; return the descriptions of the actions."""
+    """Plan and (unless ``dry_run``) apply; one line per action: ``would ...`` for a plan,
+    ``did: ...`` or ``failed to ...: <error>`` for what was applied."""
     if not dry_run:
         note_in_container(driver)
     actions = plan(driver)
-    if not dry_run:
-        _execute(actions)
-    return [a.description for a in actions]
+    if dry_run:
+        return [f"would {a.description}" for a in actions]
+    return [f"did: {a.description}" if error is None else f"failed to {a.description}: {error}"
+            for a, error in zip(actions, _execute(actions), strict=True)]
 
 
-def _execute(actions: list[Action]) -> list[str]:
+def _execute(actions: list[Action]) -> list[str | None]:
+    """Run each action; per action None, or the error that stopped it (logged too)."""
+    errors: list[str | None] = []
     for action in actions:
         try:
             action.run()
             log.info("reconcile: %s", action.description)
-        except Exception:
+            errors.append(None)
+        except Exception as exc:
             log.exception("reconcile: failed to %s", action.description)
-    return [a.description for a in actions]
+            errors.append(str(exc) or type(exc).__name__)
+    return errors
+
+
+def _applied(actions: list[Action]) -> list[str]:
+    """Run ``actions``; the descriptions of those that succeeded."""
+    return [a.description for a, error in zip(actions, _execute(actions), strict=True)
+            if error is None]
 
 
 def periodic(driver: Driver) -> list[str]:
@@ -225,11 +237,11 @@ def periodic(driver: Driver) -> list[str]:
     note_in_container(driver, links)
     if _link_actions(driver, deletes=False, links=links) and _quiet(driver, epoch):
         with driver.locked():
-            done += _execute(_link_actions(driver, deletes=False))
+            done += _applied(_link_actions(driver, deletes=False))
     epoch = driver.epoch
     rules = _firewall_actions(driver)
     if rules and _quiet(driver, epoch):
-        done += _execute(rules)
+        done += _applied(rules)
     return done
 
 

@@ -7,7 +7,7 @@ and reconciliation at start.
 
 The backend (nft or legacy) is the host's: pynet drives ``iptables-<backend>-*`` so its rules sit
 beside dockerd's. Detection never runs ``iptables-legacy`` on an nft host, which would create
-legacy tables that stay until reboot (reference P9).
+legacy tables that stay until reboot.
 """
 
 import difflib
@@ -318,7 +318,8 @@ class IPTables:
         ``-I N`` of the batch fail; reading again and retrying is then correct.
         """
         with self._lock:
-            for attempt in range(attempts):
+            attempt = 0
+            while True:  # every attempt returns or retries; the last one raises
                 current = self._known if attempt == 0 and self._known and not fresh \
                     else self.save()
                 rules = render(current)
@@ -335,16 +336,17 @@ class IPTables:
                     if isinstance(exc, KernelTimeout) or attempt == attempts - 1:
                         raise  # a wedged tool would only wedge again: fail within one timeout
                     log.info("iptables batch raced with another writer; retrying")
+                    attempt += 1
                     continue
                 self._known = applied(current, rules)
                 return True
-            return True
 
     def remove_all(self, chains: Chains, attempts: int = 3) -> bool:
         """Remove pynet's hooks and chains (uninstall); True if anything was there."""
         with self._lock:
             self._known = None
-            for attempt in range(attempts):
+            attempt = 0
+            while True:  # every attempt returns or retries; the last one raises
                 batch = teardown_batch(chains, self.save())
                 if batch is None:
                     return False
@@ -355,4 +357,4 @@ class IPTables:
                     if attempt == attempts - 1:
                         raise
                     log.info("iptables batch raced with another writer; retrying")
-            return True
+                    attempt += 1

@@ -2,9 +2,15 @@
 
 import time
 from pathlib import Path
+from typing import cast
 
+import pytest
+
+from plugin import reconcile
+from plugin.driver import Driver
+from plugin.errors import KernelError
 from plugin.netlink import Link
-from plugin.reconcile import PEER_GRACE_SECONDS, _dead_endpoint, describe_batch
+from plugin.reconcile import PEER_GRACE_SECONDS, Action, _dead_endpoint, describe_batch
 from plugin.store import READY, EndpointRecord, PortRecord, Store
 
 
@@ -73,3 +79,17 @@ def test_batch_description_names_chains_and_jumps() -> None:
     assert describe_batch(batch, own) == (
         "repaired chain(s) filter PYNET-PORTS, filter PYNET-FORWARD, nat PYNET-POSTROUTING; "
         "fixed the jump(s) in filter FORWARD")
+
+
+def test_a_repair_that_fails_is_reported_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pynet reconcile`` says "did:" only for what it did."""
+    def broken() -> None:
+        raise KernelError("deleting link pnhx: EBUSY")
+    actions = [Action("delete veth pnhx", broken), Action("delete veth pnhy", lambda: None)]
+    monkeypatch.setattr(reconcile, "plan", lambda driver: actions)
+    monkeypatch.setattr(reconcile, "note_in_container", lambda driver: None)
+    driver = cast(Driver, None)
+    assert reconcile.run(driver) == ["failed to delete veth pnhx: deleting link pnhx: EBUSY",
+                                     "did: delete veth pnhy"]
+    assert reconcile.run(driver, dry_run=True) == ["would delete veth pnhx",
+                                                   "would delete veth pnhy"]

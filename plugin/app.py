@@ -39,10 +39,12 @@ def loggable(text: str, limit: int) -> str:
 
 
 def _reply(payload: dict[str, Any], status: int = 200) -> Response:
-    err = payload.get("Err")
-    if isinstance(err, str) and len(err) > MAX_ERR:
-        payload = {**payload, "Err": err[:MAX_ERR] + "... (truncated)"}
     return Response(json.dumps(payload), status=status, mimetype=CONTENT_TYPE)
+
+
+def _error(text: str, status: int = 200) -> Response:
+    cut = text if len(text) <= MAX_ERR else text[:MAX_ERR] + "... (truncated)"
+    return _reply(protocol.error_reply(cut), status)
 
 
 def _read_body() -> bytes:
@@ -81,19 +83,13 @@ def _body(method: str, driver: Driver | None = None) -> Any:
 
 
 def _create_endpoint(d: Driver, body: Any) -> dict[str, Any]:
-    mac = d.create_endpoint(protocol.CreateEndpoint.parse(body))
-    return {"Interface": {"MacAddress": mac}} if mac else {}
+    return protocol.create_endpoint_reply(d.create_endpoint(protocol.CreateEndpoint.parse(body)))
 
 
 def _join(d: Driver, body: Any) -> dict[str, Any]:
     joined = d.join(protocol.Join.parse(body))
-    reply: dict[str, Any] = {
-        "InterfaceName": {"SrcName": joined.src_name, "DstPrefix": joined.dst_prefix}}
-    if joined.gateway:
-        reply["Gateway"] = joined.gateway
-    if joined.gateway_v6:
-        reply["GatewayIPv6"] = joined.gateway_v6
-    return reply
+    return protocol.join_reply(joined.src_name, joined.dst_prefix, joined.gateway,
+                               joined.gateway_v6)
 
 
 def _empty(action: Callable[[Driver, Any], None]) -> Callable[[Driver, Any], dict[str, Any]]:
@@ -113,7 +109,7 @@ DRIVER_CALLS: dict[str, Callable[[Driver, Any], dict[str, Any]]] = {
     "DeleteNetwork": _empty(lambda d, b: d.delete_network(protocol.NetworkRef.parse(b))),
     "CreateEndpoint": _create_endpoint,
     "DeleteEndpoint": _empty(lambda d, b: d.delete_endpoint(_endpoint_ref(b))),
-    "EndpointOperInfo": lambda d, b: {"Value": d.endpoint_info(_endpoint_ref(b))},
+    "EndpointOperInfo": lambda d, b: protocol.oper_info_reply(d.endpoint_info(_endpoint_ref(b))),
     "Join": _join,
     "Leave": _empty(lambda d, b: _endpoint_ref(b)),
     "ProgramExternalConnectivity": _empty(
@@ -136,16 +132,15 @@ def _ids(ref: protocol.EndpointRef) -> tuple[str, str]:
 
 def _gw_alloc_check(body: Any) -> dict[str, Any]:
     skip_v4, skip_v6 = gateway_skips(protocol.GwAllocCheck.parse(body).options)
-    return {"SkipIPv4": skip_v4, "SkipIPv6": skip_v6}
+    return protocol.gw_alloc_check_reply(skip_v4, skip_v6)
 
 
 # Calls that need no state: capabilities, the gateway allocation check, and swarm-only and
 # discovery calls a local driver acknowledges.
 STATELESS_CALLS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local",
-                                  "GwAllocChecker": True},
+    "GetCapabilities": lambda b: protocol.CAPABILITIES,
     "GwAllocCheck": _gw_alloc_check,
-    "AllocateNetwork": lambda b: (protocol.NetworkRef.parse(b), {"Options": {}})[1],
+    "AllocateNetwork": lambda b: (protocol.NetworkRef.parse(b), protocol.ALLOCATE_NETWORK)[1],
     "FreeNetwork": lambda b: (protocol.NetworkRef.parse(b), {})[1],
     "DiscoverNew": lambda b: (protocol.Discovery.parse(b), {})[1],
     "DiscoverDelete": lambda b: (protocol.Discovery.parse(b), {})[1],
@@ -159,7 +154,7 @@ def create_app(driver: Driver) -> Flask:
 
     @app.post("/Plugin.Activate")
     def activate() -> Response:
-        return _reply({"Implements": ["NetworkDriver"]})
+        return _reply(protocol.ACTIVATE)
 
     @app.post("/NetworkDriver.<method>")
     def network_driver(method: str) -> Response:
@@ -170,8 +165,7 @@ def create_app(driver: Driver) -> Flask:
                 return _reply(STATELESS_CALLS[method](_body(method)))
             if method not in DRIVER_CALLS:
                 outcome = "unknown"
-                return _reply({"Err": f"unknown method NetworkDriver.{loggable(method, 80)}"},
-                              404)
+                return _error(f"unknown method NetworkDriver.{loggable(method, 80)}", 404)
             checkpoint(f"received.{method}")  # as if pynet were down when the call came
             body = _body(method, driver)
             try:
@@ -185,7 +179,7 @@ def create_app(driver: Driver) -> Flask:
                 return _reply({})
         except PynetError as exc:
             outcome = f"refused: {exc}"
-            return _reply({"Err": str(exc)})
+            return _error(str(exc))
         except HTTPException as exc:  # e.g. a body over MAX_BODY; http_error answers it
             outcome = f"refused: {exc.code} {exc.name}"
             raise
@@ -198,12 +192,12 @@ def create_app(driver: Driver) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        return _reply({"Err": f"{exc.code} {exc.name}: {exc.description}"}, exc.code or 500)
+        return _error(f"{exc.code} {exc.name}: {exc.description}", exc.code or 500)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("internal error")
-        return _reply({"Err": f"pynet internal error: {type(exc).__name__}: {exc}; "
-                              "see the plugin log"}, 500)
+        return _error(f"pynet internal error: {type(exc).__name__}: {exc}; see the plugin log",
+                      500)
 
     return app

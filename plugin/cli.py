@@ -17,7 +17,7 @@ from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
 from plugin.firewall.iptables import IPTables
-from plugin.firewall.rules import Chains, docker_layout
+from plugin.firewall.rules import Chains
 from plugin.netlink import Netlink
 from plugin.owner import claim, server_started
 from plugin.ports import PortReservations
@@ -31,8 +31,8 @@ log = logging.getLogger("plugin")
 def build_driver(settings: Settings) -> Driver:
     """A driver wired to the real kernel and the state directory."""
     sysctl = Sysctl(settings.sysctl_root)
-    return Driver(settings, Store(settings.state_dir), Netlink(), sysctl, IPTables(),
-                  PortReservations(sysctl))
+    return Driver(settings, Store(settings.state_dir), Netlink(), sysctl,
+                  IPTables(Chains(settings.chain_prefix)), PortReservations(sysctl))
 
 
 def setup_logging(level: str) -> None:
@@ -163,10 +163,7 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
                                    "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
                                              for p in e.ports]} for e in endpoints]})
     print(json.dumps(out, indent=2))
-    filter_chains = IPTables().save().tables.get("filter", {})
-    print(f"firewall: {docker_layout(filter_chains)}; pynet's chains "
-          f"{'present' if Chains(settings.chain_prefix).forward in filter_chains else 'absent'}",
-          file=sys.stderr)
+    print(f"firewall: {IPTables(Chains(settings.chain_prefix)).layout()}", file=sys.stderr)
     return 0
 
 
@@ -210,7 +207,7 @@ def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
               "'docker network rm' first", file=sys.stderr)
         return 1
     driver = build_driver(settings)
-    removed = driver.iptables.remove_all(driver.chains)
+    removed = driver.firewall.remove_all()
     print("removed pynet's iptables chains and jumps" if removed else "nothing to remove")
     return 0
 

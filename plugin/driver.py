@@ -5,16 +5,13 @@ in state ``creating``/``deleting``, run idempotent kernel steps, then mark it ``
 it. A failure rolls the kernel back before the error reaches dockerd, so a refused request
 leaves nothing behind; a crash leaves a record that tells reconcile.py what to finish.
 
-Deletes are answered once their records say ``deleting``; the reaper thread then removes the
-rules, links and records. The kernel needs 20-40 ms to unregister a bridge or veth and ~15 ms for
-any nft rule deletion, which would otherwise sit on every ``docker rm`` and ``network rm``.
-Creates that could collide with an unfinished delete (a bridge name or subnet) finish it first.
+Deletes are answered once their records say ``deleting``; deletes.py finishes them (and says
+what runs under which lock). Creates that could collide with an unfinished delete (a bridge
+name or subnet) finish it first.
 """
 
 import ipaddress
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,27 +22,20 @@ from typing import Any
 
 from plugin import protocol
 from plugin.config import Settings
+from plugin.deletes import Deletes
 from plugin.errors import Busy, InvalidRequest, KernelError, NotFound
 from plugin.faults import checkpoint
-from plugin.firewall.iptables import Dump, IPTables
-from plugin.firewall.rules import (
-    DOCKER_ISOLATION_2,
-    Chains,
-    NetworkSpec,
-    PortSpec,
-    RuleSet,
-    docker_layout,
-    render,
-)
+from plugin.firewall.backend import Firewall
+from plugin.firewall.rules import Desired, desired_from_records
+from plugin.netconfig import NetworkConfig
 from plugin.netlink import Netlink, mac_from_ipv4
 from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6, NetworkOptions
-from plugin.ports import ANY, PortReservations
+from plugin.ports import PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"
 DOCKER_IPAM_SPACE = "LocalDefault"  # the address space of dockerd's built-in IPAM
 
 
@@ -83,49 +73,26 @@ class Epoch:
             self._value += steps
 
 
-_PARSED: dict[str, protocol.CreateNetwork] = {}
-
-
-def parse_network(record: NetworkRecord) -> protocol.CreateNetwork:
-    """The stored CreateNetwork request, parsed again (records keep the request verbatim).
-
-    Every firewall render reads every network, so parses are kept: a network id is never
-    reused, and its request never changes.
-    """
-    parsed = _PARSED.get(record.id)
-    if parsed is None:
-        parsed = _PARSED[record.id] = protocol.CreateNetwork.parse(record.request)
-    return parsed
-
-
 class Driver:
     """Networks and endpoints of one pynet instance."""
 
     def __init__(self, settings: Settings, store: Store, netlink: Netlink, sysctl: Sysctl,
-                 iptables: IPTables, ports: PortReservations) -> None:
+                 firewall: Firewall, ports: PortReservations) -> None:
         self.settings = settings
         self.store = store
         self.netlink = netlink
         self.sysctl = sysctl
-        self.iptables = iptables
+        self.firewall = firewall
         self.ports = ports
-        self.chains = Chains(settings.chain_prefix)
         self.ready = threading.Event()
         self._lock = threading.RLock()
         self._deleter = netlink.sibling()
-        self._reap_lock = threading.Lock()
         # Kernel work a call can overlap with its own (CreateNetwork's iptables-restore).
         self._side = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
-        self._wake_reaper = threading.Event()
-        self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
-        # Container addresses whose port rules the reaper has not removed yet (with a serial
-        # number per unpublish): a new endpoint given such an address removes them first.
-        self._unpublished: dict[str, int] = {}
-        self._serial = itertools.count()
+        self.deletes = Deletes(self)
         self._epoch = Epoch()
         self._confirmed: set[str] = set()  # networks dockerd named since this server started
-        self.layout = ""  # dockerd's firewall layout, as the last render found it
-        threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
+        self.deletes.start()
 
     @property
     def epoch(self) -> int:
@@ -181,8 +148,8 @@ class Driver:
         if record is None:
             networks = self.store.networks()
             dropped = self._drop_superseded(req, networks)
-            if dropped or any(n.state == DELETING and (n.bridge == bridge or parse_network(n)
-                                                       .ipv4.pool.overlaps(req.ipv4.pool))
+            if dropped or any(n.state == DELETING and (n.bridge == bridge or n.config.subnet
+                                                       .overlaps(req.ipv4.pool))
                               for n in networks):
                 self.reap()  # the bridge name or subnet asked for is still being let go
             link = self.netlink.get(bridge)
@@ -191,7 +158,8 @@ class Driver:
                                      ", not a bridge; choose another "
                                      "com.docker.network.bridge.name")
             mine = link is not None and link.alias.startswith(self.settings.alias_prefix)
-            record = NetworkRecord(id=req.network_id, bridge=bridge, request=req.body,
+            record = NetworkRecord(id=req.network_id, bridge=bridge,
+                                   config=NetworkConfig.from_request(req),
                                    preexisting=link is not None and not mine,
                                    confirmed=time.time())
             self._confirmed.add(record.id)
@@ -205,7 +173,7 @@ class Driver:
             # delete with its bridge name or an overlapping subnet was finished above.
             rules = self._side.submit(self.sync_firewall, keep=True)
             try:
-                self.build_network(record, req)
+                self.build_network(record)
                 checkpoint("create_network.bridge_built")
             finally:
                 futures.wait([rules])
@@ -220,7 +188,7 @@ class Driver:
     def _check_supported(self, req: protocol.CreateNetwork, bridge: str) -> None:
         """Refuse networks pynet cannot build as safely as the bridge driver would."""
         req.check_host_safety()
-        self._check_host_routes(req.ipv4.pool, bridge)
+        self._check_host_routes(ipaddress.IPv4Network(req.ipv4.pool), bridge)
         for key, mode in ((GATEWAY_MODE_IPV4, req.options.gateway_mode_ipv4),
                           (GATEWAY_MODE_IPV6, req.options.gateway_mode_ipv6)):
             if mode != "nat":  # NAT with the direct-routing protection, Docker's default
@@ -244,16 +212,14 @@ class Driver:
         bridge): the bridge's route would take those addresses from it. Routes of ``bridge``
         itself (a user's bridge the network takes over) and of this instance's other bridges
         (left to _drop_superseded) are no conflict, nor is the default route."""
-        for dst, oif in self.netlink.routes_v4():
+        for dst, name in self.netlink.routes_v4():
             if dst.prefixlen == 0 or not dst.overlaps(pool):
                 continue
-            name = self.netlink.name_of(oif) if oif else None
-            if name is not None and (name == bridge
-                                     or self.store.network_by_bridge(name) is not None):
+            if name == bridge or self.store.network_by_bridge(name) is not None:
                 continue
-            raise InvalidRequest(f"subnet {pool} overlaps the host's route to {dst}"
-                                 f"{f' via {name}' if name else ''}: the network's bridge "
-                                 "would take those addresses from it; choose another subnet")
+            raise InvalidRequest(f"subnet {pool} overlaps the host's route to {dst} via {name}"
+                                 ": the network's bridge would take those addresses from it; "
+                                 "choose another subnet")
 
     def _drop_superseded(self, req: protocol.CreateNetwork,
                          networks: list[NetworkRecord]) -> bool:
@@ -268,38 +234,39 @@ class Driver:
         marked for removal."""
         overlapping = [old for old in networks
                        if old.id != req.network_id and old.state == READY
-                       and parse_network(old).ipv4.pool.overlaps(req.ipv4.pool)]
+                       and old.config.subnet.overlaps(req.ipv4.pool)]
         for old in overlapping:
-            prev = parse_network(old).ipv4
+            prev = old.config
             if not prev.address_space == req.ipv4.address_space == DOCKER_IPAM_SPACE:
                 raise InvalidRequest(
-                    f"subnet {req.ipv4.pool} overlaps {prev.pool} of network {old.id[:12]} "
+                    f"subnet {req.ipv4.pool} overlaps {prev.subnet} of network {old.id[:12]} "
                     f"(bridge {old.bridge}); choose another subnet, or if 'docker network "
                     f"ls' no longer shows that network, remove it with 'pynet forget "
                     f"{old.id[:12]}'")
         for old in overlapping:
             log.warning("removing network %s (%s): dockerd now gives its pool %s to network "
                         "%s, so it was removed while pynet was down", old.id[:12], old.bridge,
-                        parse_network(old).ipv4.pool, req.network_id[:12])
+                        old.config.subnet, req.network_id[:12])
             self.delete_network(protocol.NetworkRef(old.id))
         return bool(overlapping)
 
-    def build_network(self, record: NetworkRecord, req: protocol.CreateNetwork) -> None:
-        br = record.bridge
+    def build_network(self, record: NetworkRecord) -> None:
+        """Ensure the bridge, its addresses and its sysctls (create, or repair)."""
+        br, config = record.bridge, record.config
         self.netlink.ensure_bridge(br, alias=None if record.preexisting else self.alias(record.id))
         # A host booted with ipv6.disable=1 has no net/ipv6 tree: nothing to turn off there.
         if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
-        if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
-            self.netlink.ensure_address(br, req.ipv4.gateway)
-        if req.ipv6 is not None and req.ipv6.gateway is not None:
+        if config.gateway is not None and not config.inhibit_ipv4:
+            self.netlink.ensure_address(br, config.gateway)
+        if config.gateway_v6 is not None:  # a network of a release that took --ipv6
             self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "0")
-            self.netlink.ensure_address(br, req.ipv6.gateway)
+            self.netlink.ensure_address(br, config.gateway_v6)
             self.sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
-        if not req.options.internal:
+        if not config.internal:
             # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
             self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
-        self._ensure_bridge_netfilter(icc=req.options.enable_icc)
+        self._ensure_bridge_netfilter(icc=config.enable_icc)
 
     def _ensure_bridge_netfilter(self, icc: bool) -> None:
         """Bridged traffic must pass iptables for icc=false (Docker needs the same) and for
@@ -326,7 +293,7 @@ class Driver:
         record.state = DELETING
         self.store.put_network(record)
         checkpoint("delete_network.marked")
-        self._wake_reaper.set()
+        self.deletes.wake()
 
     def defer_delete(self, network_id: str, endpoint_id: str | None = None) -> None:
         """For a delete that cannot get the lock in time: dockerd forgets the object whatever
@@ -340,37 +307,11 @@ class Driver:
         if marked:
             log.warning("busy: %s %s marked for deletion without the lock",
                         "endpoint" if endpoint_id else "network", (endpoint_id or network_id)[:12])
-            self._wake_reaper.set()
-
-    def _reaper(self) -> None:
-        while True:
-            self._wake_reaper.wait()
-            self._wake_reaper.clear()
-            try:
-                self.reap()
-            except Exception:
-                log.exception("finishing deletes failed; the next reconcile retries")
+            self.deletes.wake()
 
     def reap(self) -> None:
-        """Finish answered deletes: rules first (one batch), then links, then records.
-
-        Runs without the driver lock (calls go on meanwhile); every step is idempotent, so a
-        reconcile or rollback doing the same teardown at the same time is harmless.
-        """
-        with self._reap_lock:
-            unpublished = dict(self._unpublished)
-            endpoints = [e for e in self.store.endpoints() if e.state == DELETING]
-            networks = [n for n in self.store.networks() if n.state == DELETING]
-            self.sync_firewall()
-            for address, serial in unpublished.items():
-                if self._unpublished.get(address) == serial:  # not unpublished again since
-                    del self._unpublished[address]
-            for endpoint in endpoints:
-                self.teardown_endpoint(endpoint)
-            for network in networks:
-                self.teardown_network(network)
-            while not self._unflushed.empty():
-                self._flush_conntrack(self._unflushed.get())
+        """Finish every answered delete now (deletes.py)."""
+        self.deletes.reap()
 
     def teardown_network(self, record: NetworkRecord) -> None:
         """Undo a network whatever state it reached; the record goes last."""
@@ -383,7 +324,6 @@ class Driver:
             self._deleter.delete(record.bridge)
         checkpoint("delete_network.bridge_deleted")
         self.store.delete_network(record.id)
-        _PARSED.pop(record.id, None)
 
     @staticmethod
     def _roll_back(undo: Callable[[Any], None], record: Any) -> None:
@@ -396,7 +336,7 @@ class Driver:
 
     # -- endpoints -----------------------------------------------------------------------
 
-    def _ready_network(self, network_id: str) -> tuple[NetworkRecord, protocol.CreateNetwork]:
+    def _ready_network(self, network_id: str) -> NetworkRecord:
         record = self.store.network(network_id)
         if record is None or record.state != READY:
             raise NotFound(f"network {network_id[:12]} is not known to pynet (was it created "
@@ -404,18 +344,18 @@ class Driver:
         if network_id not in self._confirmed:
             self._confirmed.add(network_id)
             self.store.mark_confirmed(network_id, time.time())
-        return record, parse_network(record)
+        return record
 
     def create_endpoint(self, req: protocol.CreateEndpoint) -> str | None:
         """Create the veth pair; return the MAC to report, or None if the user chose one."""
-        network, net = self._ready_network(req.network_id)
+        network = self._ready_network(req.network_id)
         if req.address is None:
             raise InvalidRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address; pynet "
                                  "networks need one")
-        if req.address.ip not in net.ipv4.pool:
+        if req.address.ip not in network.config.subnet:
             raise InvalidRequest(f"address {req.address} is outside the network's subnet "
-                                 f"{net.ipv4.pool}")
-        if str(req.address) in self._unpublished:
+                                 f"{network.config.subnet}")
+        if self.deletes.rules_pending(str(req.address)):
             self.sync_firewall()  # the address's old port rules must not reach this endpoint
         record = self.store.endpoint(req.endpoint_id)
         if record is None:
@@ -428,7 +368,7 @@ class Driver:
             self.store.put_endpoint(record)
             checkpoint("create_endpoint.recorded")
         try:
-            self.build_endpoint(record, network, net)
+            self.build_endpoint(record, network)
             checkpoint("create_endpoint.veth_built")
         except Exception:
             self._roll_back(self.teardown_endpoint, record)
@@ -438,13 +378,13 @@ class Driver:
             self.store.put_endpoint(record)
         return None if record.mac_given else record.mac
 
-    def build_endpoint(self, record: EndpointRecord, network: NetworkRecord,
-                       net: protocol.CreateNetwork) -> None:
+    def build_endpoint(self, record: EndpointRecord, network: NetworkRecord) -> None:
+        """Ensure the endpoint's veth pair on the network's bridge (create, or repair)."""
         # Hairpin: a container reaching its own published port via the host address is
         # DNATed back out of the bridge port it came in on.
         self.netlink.ensure_veth(record.host_veth, record.peer_veth, network.bridge,
-                                 net.options.mtu, record.mac, self.alias(record.id),
-                                 hairpin=not net.options.internal)
+                                 network.config.mtu, record.mac, self.alias(record.id),
+                                 hairpin=not network.config.internal)
 
     def _ready_endpoint(self, endpoint_id: str) -> EndpointRecord:
         record = self.store.endpoint(endpoint_id)
@@ -455,19 +395,16 @@ class Driver:
 
     def join(self, req: protocol.Join) -> Joined:
         """Hand the container end to dockerd with the network's gateways."""
-        _, net = self._ready_network(req.network_id)
+        config = self._ready_network(req.network_id).config
         record = self._ready_endpoint(req.endpoint_id)
-        if net.options.internal:
+        if config.internal:
             # No default route, as the bridge driver since Docker 25: nothing off the subnet
             # is reachable, the host's other addresses included.
-            return Joined(record.peer_veth, net.options.iface_prefix, None, None)
-        aux = net.ipv4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
-        gateway = aux.ip if aux is not None else (net.ipv4.gateway.ip if net.ipv4.gateway
-                                                  else None)
-        gateway_v6 = net.ipv6.gateway.ip if net.ipv6 and net.ipv6.gateway else None
-        return Joined(record.peer_veth, net.options.iface_prefix,
+            return Joined(record.peer_veth, config.iface_prefix, None, None)
+        gateway, gateway_v6 = config.default_gateway, config.gateway_v6
+        return Joined(record.peer_veth, config.iface_prefix,
                       str(gateway) if gateway else None,
-                      str(gateway_v6) if gateway_v6 else None)
+                      str(gateway_v6.ip) if gateway_v6 else None)
 
     def delete_endpoint(self, ref: protocol.EndpointRef) -> None:
         """Free any ports still published and mark the endpoint for the reaper; unknown ids
@@ -475,12 +412,14 @@ class Driver:
         record = self.store.endpoint(ref.endpoint_id)
         if record is None:
             return
-        if record.ports:
-            self._release_ports(record)  # now: the next docker run may want the same port
-            self._unpublished[record.address] = next(self._serial)
+        unpublished = bool(record.ports)
+        self._release_ports(record)  # now: the next docker run may want the same port
         record.state = DELETING
         self.store.put_endpoint(record)
-        self._wake_reaper.set()
+        if unpublished and record.address:
+            self.deletes.unpublished(record.address)
+        else:
+            self.deletes.wake()
 
     def teardown_endpoint(self, record: EndpointRecord) -> None:
         if record.state != DELETING:
@@ -514,9 +453,9 @@ class Driver:
 
     def program_external(self, req: protocol.ProgramExternalConnectivity) -> None:
         """Publish the container's ports on this (its gateway) endpoint."""
-        _, net = self._ready_network(req.network_id)
+        config = self._ready_network(req.network_id).config
         record = self._ready_endpoint(req.endpoint_id)
-        if net.options.internal:
+        if config.internal:
             return  # like the built-in driver: -p on an internal network is ignored
         if not req.bindings and not record.ports:
             return  # dockerd calls this for every gateway endpoint, ports or not
@@ -524,7 +463,7 @@ class Driver:
             self._release_ports(record)  # a retried call: start from nothing
         try:
             for binding in req.bindings:
-                host_ip = binding.host_ip or net.options.host_binding_ipv4
+                host_ip = binding.host_ip or config.host_binding_ipv4
                 if host_ip.version != 4:
                     log.warning("not publishing %s/%s on %s: pynet publishes IPv4 only",
                                 binding.port, binding.proto, host_ip)
@@ -552,11 +491,11 @@ class Driver:
         checkpoint("revoke_external.recorded")
         # The reaper removes the rules, then the address's conntrack entries (three dumps);
         # a CreateEndpoint given this address first removes the rules itself.
-        self._unpublished[record.address] = next(self._serial)
-        self._unflushed.put(ipaddress.ip_interface(record.address).ip)
-        self._wake_reaper.set()
+        if record.address:
+            self.deletes.unpublished(record.address, flush=True)
 
-    def _flush_conntrack(self, address: ipaddress.IPv4Address) -> None:
+    def flush_conntrack(self, address: ipaddress.IPv4Address) -> None:
+        """Drop the conntrack entries of a container address whose ports were unpublished."""
         try:
             dropped = self.netlink.flush_conntrack(address)
             log.debug("dropped %d conntrack entries of %s", dropped, address)
@@ -570,36 +509,37 @@ class Driver:
 
     # -- firewall ------------------------------------------------------------------------
 
-    def rules(self, current: Dump) -> RuleSet:
-        """The rule set the records call for, given what exists in ``current``."""
-        networks = [n for n in self.store.networks() if n.state != DELETING]
-        endpoints_of: dict[str, list[EndpointRecord]] = {}
-        for endpoint in self.store.endpoints():  # one query, however many networks
-            endpoints_of.setdefault(endpoint.network_id, []).append(endpoint)
-        specs: list[NetworkSpec] = []
-        ports: list[PortSpec] = []
-        for network in reversed(networks):  # newest first, as the bridge driver stacks them
-            net = parse_network(network)
-            specs.append(NetworkSpec(network.bridge, net.ipv4.pool, net.options.internal,
-                                     net.options.enable_icc, net.options.enable_ip_masquerade,
-                                     net.options.trusted_host_interfaces))
-            for endpoint in endpoints_of.get(network.id, []):
-                ip = ipaddress.ip_interface(endpoint.address).ip
-                for p in endpoint.ports:
-                    host_ip = ipaddress.IPv4Address(p.host_ip)
-                    ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
-                                          None if host_ip == ANY else host_ip, p.host_port,
-                                          net.options.enable_icc,
-                                          net.options.trusted_host_interfaces))
-        layout = docker_layout(current.tables.get("filter", {}))
-        if layout != self.layout:
-            log.info("firewall: %s found, pynet's rules follow it", layout)
-            self.layout = layout
-        stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
-        return render(self.chains, specs, ports, stages)
+    def desired(self) -> Desired:
+        """What the records ask of the firewall (read afresh at every call)."""
+        return desired_from_records(self.store.networks(), self.store.endpoints())
 
     def sync_firewall(self, fresh: bool = False, keep: bool = False) -> bool:
-        """Make pynet's chains match the records; True if anything changed. ``fresh`` reads
+        """Make the firewall match the records; True if anything changed. ``fresh`` reads
         the kernel first instead of trusting what pynet last wrote (repairs need that).
         ``keep``: only add rules, leave removals to the reaper (see create_network)."""
-        return self.iptables.apply(self.rules, fresh=fresh, keep=keep)
+        return self.firewall.apply(self.desired, fresh=fresh, keep=keep)
+
+    def firewall_repair(self) -> str | None:
+        """What the firewall lacks, read afresh ("<backend>: <description>"), or None."""
+        repair = self.firewall.repair_needed(self.desired)
+        return None if repair is None else f"{self.firewall.name}: {repair}"
+
+    # -- for reconcile.py ------------------------------------------------------------------
+
+    def rebuild_network(self, record: NetworkRecord) -> None:
+        """Ensure a ready network's bridge and the veths of its endpoints that still exist."""
+        self.build_network(record)
+        for endpoint in self.store.endpoints(record.id):
+            if self.netlink.get(endpoint.host_veth) is not None:
+                self.build_endpoint(endpoint, record)
+
+    def owner_of(self, alias: str) -> str | None:
+        """The network or endpoint id a link's alias names, if it marks this instance's."""
+        prefix = self.settings.alias_prefix
+        return alias[len(prefix):] if alias.startswith(prefix) else None
+
+    def hold_ports(self) -> None:
+        """Take the host-port reservations of recorded endpoints back (at start)."""
+        for endpoint in self.store.endpoints():
+            for p in endpoint.ports:
+                self.ports.hold(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)

@@ -1,4 +1,5 @@
-"""The remote-driver JSON shapes: one validated type per request, built before any work starts.
+"""The remote-driver JSON shapes: one validated type per request, built before any work starts,
+and one function per reply shape.
 
 This is the only module that knows field names of the libnetwork remote protocol. Everything it
 returns is checked: ids are hex, addresses parse, ports are in range. Validation happens here so a
@@ -206,7 +207,6 @@ class CreateNetwork:
     options: NetworkOptions
     ipv4: IPAMData
     ipv6: IPAMData | None
-    body: dict[str, Any]  # verbatim, so the store can keep the request and parse it again
 
     @classmethod
     def parse(cls, body: Any) -> "CreateNetwork":
@@ -227,7 +227,7 @@ class CreateNetwork:
             )
         if v4[0].gateway is None and not options.internal:
             raise InvalidRequest(f"IPv4 pool {v4[0].pool} has no gateway; give --gateway")
-        return cls(network_id, options, v4[0], v6[0] if v6 else None, body)
+        return cls(network_id, options, v4[0], v6[0] if v6 else None)
 
     def check_host_safety(self) -> None:
         """For a new network (not a stored one: what an earlier release accepted and built
@@ -421,3 +421,44 @@ class Discovery:
     @classmethod
     def parse(cls, body: Any) -> "Discovery":
         return cls(_field(_object(body), "DiscoveryType", int, 0))
+
+
+# -- replies ------------------------------------------------------------------------------
+
+Reply = dict[str, Any]
+
+ACTIVATE: Reply = {"Implements": ["NetworkDriver"]}
+CAPABILITIES: Reply = {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+ALLOCATE_NETWORK: Reply = {"Options": {}}  # swarm-scope only: nothing to allocate
+
+
+def error_reply(text: str) -> Reply:
+    """Any refusal; dockerd shows ``text`` to the user."""
+    return {"Err": text}
+
+
+def create_endpoint_reply(mac: str | None) -> Reply:
+    """The MAC pynet chose, or nothing when the user chose one."""
+    return {"Interface": {"MacAddress": mac}} if mac else {}
+
+
+def join_reply(src_name: str, dst_prefix: str, gateway: str | None,
+               gateway_v6: str | None) -> Reply:
+    """Which interface dockerd moves into the container, and the container's gateways (none
+    for an internal network)."""
+    reply: Reply = {"InterfaceName": {"SrcName": src_name, "DstPrefix": dst_prefix}}
+    if gateway:
+        reply["Gateway"] = gateway
+    if gateway_v6:
+        reply["GatewayIPv6"] = gateway_v6
+    return reply
+
+
+def gw_alloc_check_reply(skip_v4: bool, skip_v6: bool) -> Reply:
+    """Whether dockerd should leave each family's gateway address unallocated."""
+    return {"SkipIPv4": skip_v4, "SkipIPv6": skip_v6}
+
+
+def oper_info_reply(value: dict[str, str]) -> Reply:
+    """What ``docker network inspect`` shows of an endpoint."""
+    return {"Value": value}

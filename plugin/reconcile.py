@@ -5,21 +5,50 @@ print exactly what a real run would do, and the log says what was repaired. Only
 owns are touched: links carrying this instance's alias, and this instance's chains.
 """
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
-from plugin.driver import Driver, parse_network
-from plugin.netlink import Interface, Link
-from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord
+from plugin.netlink import Interface, Link, Netlink
+from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, Store
 
 log = logging.getLogger(__name__)
 
 # An endpoint's container end sits in the host namespace between CreateEndpoint and the moment
 # dockerd moves it into the container; only after this long does it mean "container gone".
 PEER_GRACE_SECONDS = 60.0
+
+
+class Repairable(Protocol):
+    """What reconciling needs of the driver: its records and links to read, and the repairs
+    it already knows how to make (plugin.driver.Driver is one)."""
+
+    store: Store
+    netlink: Netlink
+
+    @property
+    def epoch(self) -> int: ...
+
+    def locked(self) -> AbstractContextManager[None]: ...
+
+    def reap(self) -> None: ...
+
+    def teardown_endpoint(self, record: EndpointRecord) -> None: ...
+
+    def teardown_network(self, record: NetworkRecord) -> None: ...
+
+    def rebuild_network(self, record: NetworkRecord) -> None: ...
+
+    def owner_of(self, alias: str) -> str | None: ...
+
+    def firewall_repair(self) -> str | None: ...
+
+    def sync_firewall(self, fresh: bool = False, keep: bool = False) -> bool: ...
+
+    def hold_ports(self) -> None: ...
 
 
 @dataclass
@@ -30,7 +59,7 @@ class Action:
     run: Callable[[], object]
 
 
-def plan(driver: Driver) -> list[Action]:
+def plan(driver: Repairable) -> list[Action]:
     """Every repair the kernel needs to match the records, in a safe order.
 
     It runs every few seconds, so it reads the kernel in a fixed number of dumps (links,
@@ -39,7 +68,7 @@ def plan(driver: Driver) -> list[Action]:
     return _link_actions(driver, deletes=True) + _firewall_actions(driver)
 
 
-def _link_actions(driver: Driver, deletes: bool,
+def _link_actions(driver: Repairable, deletes: bool,
                   links: dict[str, Link] | None = None) -> list[Action]:
     """Repairs of links, addresses and records; with ``deletes`` False, records marked for
     deletion are left to the reaper, which is already on them. ``links``: a dump already
@@ -72,13 +101,11 @@ def _link_actions(driver: Driver, deletes: bool,
         problem = _network_problem(n, links, addresses, endpoints_of.get(n.id, []))
         if problem:
             actions.append(Action(f"restore network {n.id[:12]}: {problem}",
-                                  _bind(_rebuild_network, driver, n)))
+                                  _bind(driver.rebuild_network, n)))
     live = {e.id for e in endpoints} | {n.id for n in networks}
     for link in links.values():
-        if not link.alias.startswith(driver.settings.alias_prefix):
-            continue
-        owner = link.alias[len(driver.settings.alias_prefix):]
-        if owner not in live:
+        owner = driver.owner_of(link.alias)
+        if owner is not None and owner not in live:
             actions.append(Action(f"delete {link.kind or 'link'} {link.name}: left by "
                                   f"{owner[:12]}, which pynet no longer has",
                                   _bind(netlink.delete, link.name)))
@@ -96,11 +123,11 @@ def _dead_endpoint(e: EndpointRecord, links: dict[str, Link]) -> str | None:
     return None
 
 
-def _links(driver: Driver) -> dict[str, Link]:
+def _links(driver: Repairable) -> dict[str, Link]:
     return {link.name: link for link in driver.netlink.links()}
 
 
-def note_in_container(driver: Driver, links: dict[str, Link] | None = None) -> int:
+def note_in_container(driver: Repairable, links: dict[str, Link] | None = None) -> int:
     """Mark endpoints whose container end has left the host namespace; return how many.
 
     Without this, a container end found on the host is ambiguous for PEER_GRACE_SECONDS: not
@@ -124,69 +151,32 @@ def _network_problem(n: NetworkRecord, links: dict[str, Link],
         return f"bridge {n.bridge} is missing"
     if not link.up:
         return f"bridge {n.bridge} is down"
-    req = parse_network(n)
-    if req.ipv4.gateway is not None and not req.options.inhibit_ipv4:
-        if req.ipv4.gateway not in addresses.get(link.index, set()):
-            return f"bridge {n.bridge} lacks its address {req.ipv4.gateway}"
+    config = n.config
+    if config.gateway is not None and not config.inhibit_ipv4:
+        if config.gateway not in addresses.get(link.index, set()):
+            return f"bridge {n.bridge} lacks its address {config.gateway}"
     for e in endpoints:
         veth = links.get(e.host_veth)
         if veth is not None and veth.master != link.index:
             return f"veth {e.host_veth} is not on the bridge"
-        if veth is not None and req.options.mtu and veth.mtu != req.options.mtu:
-            return f"veth {e.host_veth} has MTU {veth.mtu}, not {req.options.mtu}"
+        if veth is not None and config.mtu and veth.mtu != config.mtu:
+            return f"veth {e.host_veth} has MTU {veth.mtu}, not {config.mtu}"
     return None
 
 
-def _rebuild_network(driver: Driver, n: NetworkRecord) -> None:
-    req = parse_network(n)
-    driver.build_network(n, req)
-    for e in driver.store.endpoints(n.id):
-        if driver.netlink.get(e.host_veth) is not None:
-            driver.build_endpoint(e, n, req)
-
-
-def _firewall_actions(driver: Driver) -> list[Action]:
-    batch = driver.iptables.pending(driver.rules)
-    if batch is None:
+def _firewall_actions(driver: Repairable) -> list[Action]:
+    repair = driver.firewall_repair()
+    if repair is None:
         return []
-    own = {chain for chains in driver.chains.owned().values() for chain in chains}
-    return [Action(f"repair iptables: {describe_batch(batch, own)}",
+    return [Action(f"repair {repair}",
                    _bind(driver.sync_firewall, True))]
-
-
-def describe_batch(batch: str, own: set[str]) -> str:
-    """For the log: which of pynet's chains (``own``) a restore batch changes, and in which
-    other chains it fixes pynet's jumps."""
-    changed: list[str] = []
-    jumps: list[str] = []
-    table = ""
-    for line in batch.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-            continue
-        if line.startswith(":"):
-            chain = line[1:].split()[0]
-        elif line.startswith(("-A ", "-I ", "-D ")):
-            chain = line.split()[1]
-        else:
-            continue
-        where = f"{table} {chain}"
-        bucket = changed if chain in own else jumps
-        if where not in bucket:
-            bucket.append(where)
-    parts = []
-    if changed:
-        parts.append("repaired chain(s) " + ", ".join(changed))
-    if jumps:
-        parts.append("fixed the jump(s) in " + ", ".join(jumps))
-    return "; ".join(parts) or "no change"
 
 
 def _bind(func: Callable[..., object], *args: object) -> Callable[[], object]:
     return lambda: func(*args)
 
 
-def run(driver: Driver, dry_run: bool = False) -> list[str]:
+def run(driver: Repairable, dry_run: bool = False) -> list[str]:
     """Plan and (unless ``dry_run``) apply; one line per action: ``would ...`` for a plan,
     ``did: ...`` or ``failed to ...: <error>`` for what was applied."""
     if not dry_run:
@@ -218,7 +208,7 @@ def _applied(actions: list[Action]) -> list[str]:
             if error is None]
 
 
-def periodic(driver: Driver) -> list[str]:
+def periodic(driver: Repairable) -> list[str]:
     """One periodic pass: finish answered deletes, look without the lock, repair what a quiet
     look found.
 
@@ -245,15 +235,13 @@ def periodic(driver: Driver) -> list[str]:
     return done
 
 
-def _quiet(driver: Driver, since: int) -> bool:
+def _quiet(driver: Repairable, since: int) -> bool:
     """No call was running at ``since`` and none ran after it."""
     return since % 2 == 0 and driver.epoch == since
 
 
-def restore(driver: Driver) -> list[str]:
+def restore(driver: Repairable) -> list[str]:
     """Start-up: repair everything, then re-take the port reservations of live endpoints."""
     done = run(driver)
-    for e in driver.store.endpoints():
-        for p in e.ports:
-            driver.ports.hold(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)
+    driver.hold_ports()
     return done

@@ -28,11 +28,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from plugin.errors import Conflict
+from plugin import protocol
+from plugin.errors import Conflict, PynetError
+from plugin.netconfig import NetworkConfig
 
 log = logging.getLogger(__name__)
 
 CREATING, READY, DELETING = "creating", "ready", "deleting"
+# PRAGMA user_version of the database. 0: up to the release that kept dockerd's CreateNetwork
+# request in each network record; 1: a NetworkConfig (netconfig.py) instead.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -52,11 +57,11 @@ CREATE TABLE IF NOT EXISTS endpoints (
 
 @dataclass
 class NetworkRecord:
-    """A network: the CreateNetwork request as received, plus what pynet decided for it."""
+    """A network: its configuration, decided at CreateNetwork, and its state."""
 
     id: str
     bridge: str
-    request: dict[str, Any]
+    config: NetworkConfig
     preexisting: bool
     state: str = CREATING
     # When dockerd last named the network in a call (at most once per server run): a network
@@ -119,6 +124,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._flushed = True  # what the connection's synchronous setting is now
             self._db.executescript(_SCHEMA)
+            self._migrate()
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -129,6 +135,32 @@ class Store:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring records written by an earlier release to SCHEMA_VERSION, in one transaction;
+        refuse a database of a newer release (its records may mean something else)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise PynetError(f"{self._db_path()} was written by a newer pynet (schema "
+                             f"{version}, this release knows {SCHEMA_VERSION}); run that "
+                             "release or a newer one")
+        if version == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for network_id, text in self._db.execute("SELECT id, data FROM networks").fetchall():
+                data = json.loads(text)
+                data["config"] = _config_of_request(network_id, data.pop("request")).to_json()
+                self._db.execute("UPDATE networks SET data = ? WHERE id = ?",
+                                 (json.dumps(data), network_id))
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _db_path(self) -> str:
+        return str(self._db.execute("PRAGMA database_list").fetchone()[2])
 
     @contextmanager
     def _tx(self, flushed: bool = True) -> Iterator[sqlite3.Connection]:
@@ -150,7 +182,7 @@ class Store:
         """Insert or update a network; refuses a bridge name another network holds. Only the
         ``creating`` state is not flushed to disk: it describes kernel objects that do not
         outlive a power cut either, and the ``ready`` write flushes it along."""
-        data = json.dumps(asdict(record))
+        data = json.dumps({**asdict(record), "config": record.config.to_json()})
         try:
             with self._tx(flushed=record.state != CREATING) as db:
                 db.execute(
@@ -248,15 +280,26 @@ class Store:
 
     def _decode_network(self, row: tuple[str, str]) -> NetworkRecord:
         """The network in ``row`` (id, stored text): every firewall render reads every network,
-        and each keeps its whole CreateNetwork request; a copy of the decoded record costs a
-        third of decoding it again (2 vs 6 us, ~1.7 ms per call at 200 networks). One entry
-        per network, dropped with it. Callers get their own copy: they change its state before
-        writing it back (the request is never changed)."""
+        and a copy of the decoded record costs a fraction of decoding it again. One entry per
+        network, dropped with it. Callers get their own copy: they change its state before
+        writing it back (the config is immutable)."""
         network_id, text = row
         cached = self._networks.get(network_id)
         if cached is None or cached[0] != text:
-            cached = self._networks[network_id] = (text, NetworkRecord(**json.loads(text)))
+            data = json.loads(text)
+            data["config"] = NetworkConfig.from_json(data["config"])
+            cached = self._networks[network_id] = (text, NetworkRecord(**data))
         return replace(cached[1])
+
+
+def _config_of_request(network_id: str, request: dict[str, Any]) -> NetworkConfig:
+    """Schema 0 kept dockerd's CreateNetwork request; its config is what it asked for."""
+    try:
+        return NetworkConfig.from_request(protocol.CreateNetwork.parse(request))
+    except PynetError as exc:
+        raise PynetError(f"network {network_id[:12]}'s stored request does not parse any more "
+                         f"({exc}); run the release that wrote it, remove the network, then "
+                         "upgrade") from exc
 
 
 def _decode_endpoint(row: tuple[str]) -> EndpointRecord:

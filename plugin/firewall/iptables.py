@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plugin.errors import KernelError, KernelTimeout
-from plugin.firewall.rules import Chains, Hook, RuleSet
+from plugin.firewall.rules import (
+    DOCKER_ISOLATION_2,
+    Chains,
+    Desired,
+    Hook,
+    RuleSet,
+    docker_layout,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +262,37 @@ def teardown_batch(chains: Chains, current: Dump) -> str | None:
     return "\n".join(out) + "\n" if out else None
 
 
+def describe_batch(batch: str, own: set[str]) -> str:
+    """For the log: which of pynet's chains (``own``) a restore batch changes, and in which
+    other chains it fixes pynet's jumps."""
+    changed: list[str] = []
+    jumps: list[str] = []
+    table = ""
+    for line in batch.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if line.startswith(":"):
+            chain = line[1:].split()[0]
+        elif line.startswith(("-A ", "-I ", "-D ")):
+            chain = line.split()[1]
+        else:
+            continue
+        where = f"{table} {chain}"
+        bucket = changed if chain in own else jumps
+        if where not in bucket:
+            bucket.append(where)
+    parts = []
+    if changed:
+        parts.append("repaired chain(s) " + ", ".join(changed))
+    if jumps:
+        parts.append("fixed the jump(s) in " + ", ".join(jumps))
+    return "; ".join(parts) or "no change"
+
+
 class IPTables:
-    """The host's iptables, driven through save/restore of its backend.
+    """The firewall backend that drives the host's iptables through save/restore (one
+    ``plugin.firewall.backend.Firewall``).
 
     Writes are serialised. The rules the last write left are remembered, so a call computes
     its batch without an ``iptables-save`` (a process that reads every table, more the more
@@ -263,11 +300,15 @@ class IPTables:
     fails and is rebuilt from a fresh read, and reconcile reads afresh every few seconds.
     """
 
-    def __init__(self, backend: str | None = None) -> None:
+    name = "iptables"
+
+    def __init__(self, chains: Chains, backend: str | None = None) -> None:
+        self.chains = chains
         self.backend = backend or detect_backend()
         self._lock = threading.Lock()
         self._known: Dump | None = None
         self._writes = 0  # restores so far, so a read can tell whether it is still current
+        self._layout = ""  # dockerd's layout as the last render found it (for the log)
 
     def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
         argv = [f"iptables-{self.backend}-{tool}", *args]
@@ -293,36 +334,54 @@ class IPTables:
         self._writes += 1
         self._run("restore", ["--noflush", "--wait"], stdin=batch)
 
-    def pending(self, render: Callable[[Dump], RuleSet]) -> str | None:
-        """The batch the kernel needs, from a fresh read (which also refreshes the picture
-        calls work from, unless one of them wrote meanwhile); None if the kernel matches.
-        The read takes no lock: calls must not wait for the periodic check."""
+    def render(self, desired: Desired, current: Dump) -> RuleSet:
+        """``desired`` in pynet's chains, for the layout dockerd keeps in ``current`` (its
+        isolation stages, where they exist, see what leaves pynet's bridges)."""
+        layout = docker_layout(current.tables.get("filter", {}))
+        if layout != self._layout:
+            log.info("firewall: %s found, pynet's rules follow it", layout)
+            self._layout = layout
+        stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
+        return render(self.chains, desired.networks, desired.ports, stages)
+
+    def layout(self) -> str:
+        """dockerd's firewall layout, read now."""
+        return docker_layout(self.save().tables.get("filter", {}))
+
+    def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
+        """What a fresh read says must change (a description), or None if the kernel matches;
+        the read also refreshes the picture calls work from, unless one wrote meanwhile. It
+        takes no lock: calls must not wait for the periodic check."""
         with self._lock:
             writes = self._writes  # no write is in flight while the lock is held
         current = self.save()
         with self._lock:
             if self._writes == writes:
                 self._known = current
-        return build_batch(render(current), current)
+        batch = build_batch(self.render(desired(), current), current)
+        if batch is None:
+            return None
+        own = {chain for chains in self.chains.owned().values() for chain in chains}
+        return describe_batch(batch, own)
 
-    def apply(self, render: Callable[[Dump], RuleSet], fresh: bool = False,
+    def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False, attempts: int = 3) -> bool:
-        """Make the kernel match ``render(current rules)``; True if anything had to change.
-        ``fresh`` reads the kernel instead of trusting the remembered picture (repairs).
-        ``keep`` only adds: rules the render no longer has stay for a later apply to remove
-        (with nft a batch that deletes costs 15-40 ms, one that only adds ~2 ms).
+        """Make the kernel match ``desired()``; True if anything had to change. ``fresh``
+        reads the kernel instead of trusting the remembered picture (repairs). ``keep`` only
+        adds: rules no longer desired stay for a later apply to remove (with nft a batch that
+        deletes costs 15-40 ms, one that only adds ~2 ms).
 
-        The rule set depends on what exists (dockerd's chains may or may not be there), hence a
-        function of the dump. dockerd may delete, flush or reorder its chains between a read
-        and a write (it does so on every start and network create), which makes a ``-D`` or
-        ``-I N`` of the batch fail; reading again and retrying is then correct.
+        The rules depend on what exists (dockerd's chains), and dockerd may delete, flush or
+        reorder its chains between a read and a write (it does so on every start and network
+        create), which makes a ``-D`` or ``-I N`` of the batch fail; reading again and
+        retrying is then correct.
         """
         with self._lock:
             attempt = 0
             while True:  # every attempt returns or retries; the last one raises
                 current = self._known if attempt == 0 and self._known and not fresh \
                     else self.save()
-                rules = render(current)
+                rules = self.render(desired(), current)
                 if keep:
                     rules = keeping_leftovers(rules, current)
                 batch = build_batch(rules, current)
@@ -341,13 +400,13 @@ class IPTables:
                 self._known = applied(current, rules)
                 return True
 
-    def remove_all(self, chains: Chains, attempts: int = 3) -> bool:
+    def remove_all(self, attempts: int = 3) -> bool:
         """Remove pynet's hooks and chains (uninstall); True if anything was there."""
         with self._lock:
             self._known = None
             attempt = 0
             while True:  # every attempt returns or retries; the last one raises
-                batch = teardown_batch(chains, self.save())
+                batch = teardown_batch(self.chains, self.save())
                 if batch is None:
                     return False
                 try:

@@ -30,6 +30,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from plugin.ports import ANY
+from plugin.store import DELETING, EndpointRecord, NetworkRecord
+
 # Docker's chains that pynet's placement and rules refer to.
 DOCKER_USER = "DOCKER-USER"
 DOCKER_FORWARD = "DOCKER-FORWARD"  # 28 and 29 (iptables backend)
@@ -117,6 +120,40 @@ class PortSpec:
     host_port: int
     icc: bool = True
     trusted: tuple[str, ...] = ()  # the network's trusted host interfaces
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What pynet's records ask of any firewall backend: networks (newest first) and the
+    published ports of their endpoints."""
+
+    networks: list[NetworkSpec]
+    ports: list[PortSpec]
+
+
+def desired_from_records(networks: list[NetworkRecord],
+                         endpoints: list[EndpointRecord]) -> Desired:
+    """The firewall's input, from the records (those being deleted drop out)."""
+    endpoints_of: dict[str, list[EndpointRecord]] = {}
+    for endpoint in endpoints:
+        endpoints_of.setdefault(endpoint.network_id, []).append(endpoint)
+    specs: list[NetworkSpec] = []
+    ports: list[PortSpec] = []
+    for network in reversed(networks):  # newest first, as the bridge driver stacks them
+        if network.state == DELETING:
+            continue
+        config = network.config
+        specs.append(NetworkSpec(network.bridge, config.subnet, config.internal,
+                                 config.enable_icc, config.enable_ip_masquerade,
+                                 config.trusted_host_interfaces))
+        for endpoint in endpoints_of.get(network.id, []):
+            ip = ipaddress.IPv4Interface(endpoint.address).ip
+            for p in endpoint.ports:
+                host_ip = ipaddress.IPv4Address(p.host_ip)
+                ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
+                                      None if host_ip == ANY else host_ip, p.host_port,
+                                      config.enable_icc, config.trusted_host_interfaces))
+    return Desired(specs, ports)
 
 
 @dataclass(frozen=True)

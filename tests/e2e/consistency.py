@@ -81,7 +81,7 @@ def own_rules(inst: Instance, text: str | None = None) -> list[str]:
 
 def gateway(record: dict) -> str:
     """The bare gateway address of a network record."""
-    return record["request"]["IPv4Data"][0]["Gateway"].split("/")[0]
+    return record["config"]["gateway"].split("/")[0]
 
 
 def network_gateway(inst: Instance, network: str) -> str:
@@ -139,7 +139,7 @@ def problems(inst: Instance) -> list[str]:
             continue
         if "UP" not in br.get("flags", []):
             found.append(f"bridge {n['bridge']} is down")
-        gw = n["request"]["IPv4Data"][0].get("Gateway")
+        gw = n["config"]["gateway"]
         if gw and gw not in addresses(n["bridge"]):
             found.append(f"bridge {n['bridge']} lacks {gw}")
     for eid, e in rec.endpoints.items():

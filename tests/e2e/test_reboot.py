@@ -97,7 +97,7 @@ def test_networks_and_restart_always_containers_survive_a_reboot(inst: Instance,
     for name in owned_links(inst):  # what a reboot wipes
         run(["ip", "link", "del", name], check=False)
     chains = Chains(chain_prefix(inst))
-    IPTables().remove_all(chains)
+    IPTables(chains).remove_all()
     assert link(bridge) is None and not own_rules(inst)
 
     inst.start()

@@ -84,7 +84,7 @@ def test_delete_is_answered_before_the_kernel_work(driver: Driver) -> None:
     client = create_app(driver).test_client()
     nid, bridge = hex_id(), f"pd-{secrets.token_hex(4)}"
     network(client, nid, bridge)
-    with driver._reap_lock:  # a reaper still busy with earlier deletes
+    with driver.deletes.reap_lock:  # a reaper still busy with earlier deletes
         assert call(client, "DeleteNetwork", {"NetworkID": nid}) == {}
         record = driver.store.network(nid)
         assert record is not None and record.state == DELETING
@@ -123,7 +123,7 @@ def test_new_endpoint_on_an_unpublished_address_never_sees_the_old_port(
             {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": port, "HostPortEnd": port}]}}) == {}
     dnat = f"--dport {port} -j DNAT --to-destination 10.231.250.10:80"
     assert dnat in iptables_save()
-    with driver._reap_lock:  # the reaper has not got to the unpublished rules yet
+    with driver.deletes.reap_lock:  # the reaper has not got to the unpublished rules yet
         ref = {"NetworkID": nid, "EndpointID": old}
         assert call(client, "RevokeExternalConnectivity", ref) == {}
         assert call(client, "DeleteEndpoint", ref) == {}
@@ -147,7 +147,7 @@ def reaper_held_for(driver: Driver, seconds: float) -> threading.Thread:
     taken = threading.Event()
 
     def hold() -> None:
-        with driver._reap_lock:
+        with driver.deletes.reap_lock:
             taken.set()
             threading.Event().wait(seconds)  # the slow kernel work being simulated
 

@@ -17,6 +17,7 @@ from plugin.firewall.iptables import Dump, IPTables, build_batch
 from plugin.firewall.rules import (
     DOCKER_ISOLATION_2,
     Chains,
+    Desired,
     NetworkSpec,
     PortSpec,
     RuleSet,
@@ -34,9 +35,13 @@ class Throwaway:
     networks: list[NetworkSpec]
     ports: list[PortSpec]
 
-    def rules(self, current: Dump, ports: bool = True) -> RuleSet:
+    def desired(self, ports: bool = True) -> Desired:
+        return Desired(self.networks, self.ports if ports else [])
+
+    def rules(self, current: Dump) -> RuleSet:
+        """What the backend is expected to write, as the unit tests pin it down."""
         stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
-        return render(self.chains, self.networks, self.ports if ports else [], stages)
+        return render(self.chains, self.networks, self.ports, stages)
 
 
 @pytest.fixture
@@ -54,7 +59,7 @@ def throwaway() -> Iterator[Throwaway]:
          PortSpec(f"pnkt{tag}a", ip, "udp", 53, ipaddress.IPv4Address("127.0.0.1"), 18978,
                   icc=False)])
     yield found
-    IPTables().remove_all(found.chains)
+    IPTables(found.chains).remove_all()
 
 
 def mentions(prefix: str) -> list[str]:
@@ -62,8 +67,8 @@ def mentions(prefix: str) -> list[str]:
 
 
 def test_apply_writes_exactly_the_rendered_rules_and_is_idempotent(throwaway: Throwaway) -> None:
-    ipt = IPTables()
-    assert ipt.apply(throwaway.rules) is True
+    ipt = IPTables(throwaway.chains)
+    assert ipt.apply(throwaway.desired) is True
     current = ipt.save()
     wanted = throwaway.rules(current)
     for table, chains in wanted.chains.items():
@@ -73,19 +78,24 @@ def test_apply_writes_exactly_the_rendered_rules_and_is_idempotent(throwaway: Th
         assert (current.chain(hook.table, hook.chain) or []).count(hook.rule) == 1
     # The kernel prints every rule as rendered, so the steady state costs no write.
     assert build_batch(wanted, current) is None
-    assert ipt.apply(throwaway.rules) is False
+    assert ipt.apply(throwaway.desired) is False
+    assert ipt.repair_needed(throwaway.desired) is None
 
 
 def test_a_change_rewrites_it_and_converges_again(throwaway: Throwaway) -> None:
-    ipt = IPTables()
-    ipt.apply(throwaway.rules)
-    assert ipt.apply(lambda d: throwaway.rules(d, ports=False)) is True
+    ipt = IPTables(throwaway.chains)
+    ipt.apply(throwaway.desired)
+    without_ports = lambda: throwaway.desired(ports=False)  # noqa: E731
+    assert ipt.repair_needed(without_ports) == \
+        f"repaired chain(s) filter {throwaway.chains.ports}, nat {throwaway.chains.dnat}, " \
+        f"nat {throwaway.chains.postrouting}"
+    assert ipt.apply(without_ports) is True
     assert not [line for line in mentions(throwaway.chains.prefix) if "DNAT --to" in line]
-    assert ipt.apply(lambda d: throwaway.rules(d, ports=False)) is False
+    assert ipt.apply(without_ports) is False
 
 
 def test_uninstall_removes_every_chain_and_hook(throwaway: Throwaway) -> None:
-    IPTables().apply(throwaway.rules)
+    IPTables(throwaway.chains).apply(throwaway.desired)
     assert mentions(throwaway.chains.prefix)
     with tempfile.TemporaryDirectory() as state:
         done = run([PYNET, "--name", throwaway.name, "--state-dir", state, "uninstall"])

@@ -7,10 +7,10 @@ from typing import cast
 import pytest
 
 from plugin import reconcile
-from plugin.driver import Driver
 from plugin.errors import KernelError
+from plugin.firewall.iptables import describe_batch
 from plugin.netlink import Link
-from plugin.reconcile import PEER_GRACE_SECONDS, Action, _dead_endpoint, describe_batch
+from plugin.reconcile import PEER_GRACE_SECONDS, Action, _dead_endpoint
 from plugin.store import READY, EndpointRecord, PortRecord, Store
 
 
@@ -88,7 +88,7 @@ def test_a_repair_that_fails_is_reported_as_failed(monkeypatch: pytest.MonkeyPat
     actions = [Action("delete veth pnhx", broken), Action("delete veth pnhy", lambda: None)]
     monkeypatch.setattr(reconcile, "plan", lambda driver: actions)
     monkeypatch.setattr(reconcile, "note_in_container", lambda driver: None)
-    driver = cast(Driver, None)
+    driver = cast(reconcile.Repairable, None)
     assert reconcile.run(driver) == ["failed to delete veth pnhx: deleting link pnhx: EBUSY",
                                      "did: delete veth pnhy"]
     assert reconcile.run(driver, dry_run=True) == ["would delete veth pnhx",

@@ -1,11 +1,21 @@
 """The record store: cached network records stay correct, and which writes reach the disk."""
 
+import ipaddress
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from plugin.errors import PynetError
+from plugin.netconfig import NetworkConfig
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, Store
+
+CONFIG = NetworkConfig(subnet=ipaddress.IPv4Network("10.231.1.0/24"),
+                       gateway=ipaddress.IPv4Interface("10.231.1.1/24"),
+                       default_gateway=ipaddress.IPv4Address("10.231.1.1"),
+                       address_space="LocalDefault")
 
 
 @pytest.fixture
@@ -16,7 +26,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def network(network_id: str = "n1", bridge: str = "pn-n1") -> NetworkRecord:
-    return NetworkRecord(id=network_id, bridge=bridge, request={"Options": {}}, preexisting=False)
+    return NetworkRecord(id=network_id, bridge=bridge, config=CONFIG, preexisting=False)
 
 
 def endpoint(endpoint_id: str = "e1") -> EndpointRecord:
@@ -75,7 +85,7 @@ def test_a_marked_delete_survives_a_write_of_a_stale_copy(tmp_path: Path) -> Non
     """DeleteEndpoint/DeleteNetwork may mark a record while a call holding the driver lock has
     a copy it read before; that call's write must not bring the record back."""
     store = Store(str(tmp_path))
-    network = NetworkRecord(id="n" * 64, bridge="pn-race", request={}, preexisting=False,
+    network = NetworkRecord(id="n" * 64, bridge="pn-race", config=CONFIG, preexisting=False,
                             state=READY)
     store.put_network(network)
     ep = EndpointRecord(id="e" * 64, network_id=network.id, address="10.231.250.2/24",
@@ -93,3 +103,65 @@ def test_a_marked_delete_survives_a_write_of_a_stale_copy(tmp_path: Path) -> Non
     assert store.network(network.id).state == DELETING  # type: ignore[union-attr]
     stale_endpoint.state = DELETING  # the reaper's own writes still go through
     store.put_endpoint(stale_endpoint)
+
+
+# A network record as the release before the schema version wrote it (user_version 0): the
+# CreateNetwork request dockerd sent, kept verbatim.
+PREVIOUS_RELEASE = {
+    "id": "a" * 64, "bridge": "pn-aaaaaaaaaaaa", "preexisting": False, "state": "ready",
+    "confirmed": 0.0,
+    "request": {
+        "NetworkID": "a" * 64,
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.231.7.0/24",
+                      "Gateway": "10.231.7.1/24",
+                      "AuxAddresses": {"DefaultGatewayIPv4": "10.231.7.254/24"}}],
+        "IPv6Data": [],
+        "Options": {"com.docker.network.enable_ipv6": False,
+                    "com.docker.network.generic": {
+                        "com.docker.network.bridge.enable_icc": "false",
+                        "com.docker.network.driver.mtu": "1400"}}}}
+
+
+def test_a_database_of_the_previous_release_is_migrated(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    old = sqlite3.connect(state / "pynet.db")
+    old.executescript("""
+        CREATE TABLE networks (id TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE,
+                               state TEXT NOT NULL, data TEXT NOT NULL);
+        CREATE TABLE endpoints (id TEXT PRIMARY KEY, network_id TEXT NOT NULL,
+                                state TEXT NOT NULL, data TEXT NOT NULL);""")
+    old.execute("INSERT INTO networks VALUES (?, ?, ?, ?)",
+                ("a" * 64, "pn-aaaaaaaaaaaa", "ready", json.dumps(PREVIOUS_RELEASE)))
+    old.commit()
+    old.close()
+    store = Store(str(state))
+    (record,) = store.networks()
+    assert record.state == READY and record.bridge == "pn-aaaaaaaaaaaa"
+    assert record.config == NetworkConfig(
+        subnet=ipaddress.IPv4Network("10.231.7.0/24"),
+        gateway=ipaddress.IPv4Interface("10.231.7.1/24"),
+        default_gateway=ipaddress.IPv4Address("10.231.7.254"), address_space="LocalDefault",
+        enable_icc=False, mtu=1400)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    store.close()
+    assert Store(str(state)).networks() == [record]  # once migrated, read as it is
+
+
+def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    Store(str(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / "pynet.db")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(PynetError, match="written by a newer pynet .schema 99"):
+        Store(str(tmp_path))
+
+
+def test_a_config_survives_its_stored_form() -> None:
+    config = NetworkConfig(
+        subnet=ipaddress.IPv4Network("10.231.8.0/24"), gateway=None, default_gateway=None,
+        address_space="other", subnet_v6=ipaddress.IPv6Network("fd00:1::/64"),
+        gateway_v6=ipaddress.IPv6Interface("fd00:1::1/64"), internal=True,
+        enable_ip_masquerade=False, inhibit_ipv4=True, iface_prefix="en",
+        host_binding_ipv4=ipaddress.IPv4Address("127.0.0.1"), trusted_host_interfaces=("eth1",))
+    assert NetworkConfig.from_json(json.loads(json.dumps(config.to_json()))) == config

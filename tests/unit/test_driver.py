@@ -1,0 +1,262 @@
+"""The driver's decisions and failure paths, with fakes for the kernel and a stub firewall.
+
+What the kernel does with pynet's requests is tested against the kernel (tests/kernel); here it
+is what the driver asks for, in which order, and what it leaves behind when a step fails: a
+refused or failed call must leave no record, no link and no rule.
+"""
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from plugin import protocol
+from plugin.config import Settings
+from plugin.driver import Driver
+from plugin.errors import Conflict, InvalidRequest, KernelError
+from plugin.firewall.rules import Desired
+from plugin.netlink import Link
+from plugin.ports import PortReservations
+from plugin.store import DELETING, Store
+
+HOST_ROUTES = [(ipaddress.IPv4Network("0.0.0.0/0"), "eth0"),
+               (ipaddress.IPv4Network("192.0.2.0/24"), "eth0")]
+
+
+class FakeNetlink:
+    """Links as a dict; ``fail`` names a method that raises, as the kernel might."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self.addresses: dict[str, set[str]] = {}
+        self.fail = ""
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.fail == name:
+            raise KernelError(f"{name}: EPERM (a fake failure)")
+
+    def sibling(self) -> "FakeNetlink":
+        return self
+
+    def routes_v4(self) -> list[tuple[ipaddress.IPv4Network, str]]:
+        """The host's routes, and one per bridge address (as the kernel adds them)."""
+        return HOST_ROUTES + [(ipaddress.IPv4Interface(address).network, name)
+                              for name, found in self.addresses.items() for address in found]
+
+    def get(self, name: str) -> Link | None:
+        return self.links.get(name)
+
+    def ensure_bridge(self, name: str, alias: str | None) -> bool:
+        self._call("ensure_bridge")
+        self.links[name] = Link(len(self.links) + 1, name, "bridge", 1500, alias or "", 0, True)
+        return True
+
+    def ensure_address(self, name: str, address: ipaddress.IPv4Interface) -> None:
+        self._call("ensure_address")
+        self.addresses.setdefault(name, set()).add(str(address))
+
+    def ensure_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str, alias: str,
+                    hairpin: bool) -> None:
+        self._call("ensure_veth")
+        self.links[host] = Link(len(self.links) + 1, host, "veth", mtu, alias, 0, True)
+        self.links[peer] = Link(len(self.links) + 1, peer, "veth", mtu, "", 0, True)
+
+    def delete(self, name: str) -> bool:
+        self.addresses.pop(name, None)
+        return self.links.pop(name, None) is not None
+
+    def flush_conntrack(self, address: ipaddress.IPv4Address) -> int:
+        return 0
+
+
+class FakeSysctl:
+    root = Path("/fake/proc/sys")
+
+    def __init__(self) -> None:
+        self.values = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "0",
+                       "net/bridge/bridge-nf-call-iptables": "1",
+                       "net/ipv4/ip_local_port_range": "32768\t60999"}
+
+    def read(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def ensure(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+class StubFirewall:
+    """Keeps what it was last asked for; ``fail`` makes the next apply raise."""
+
+    name = "stub"
+
+    def __init__(self) -> None:
+        self.applied: Desired = Desired([], [])
+        self.fail = False
+
+    def apply(self, desired: Callable[[], Desired], fresh: bool = False,
+              keep: bool = False) -> bool:
+        if self.fail:
+            raise KernelError("iptables-nft-restore exited 1 (a fake failure)")
+        self.applied = desired()
+        return True
+
+    def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
+        return None
+
+    def remove_all(self) -> bool:
+        return False
+
+    def layout(self) -> str:
+        return "stub"
+
+
+class World:
+    def __init__(self, driver: Driver, netlink: FakeNetlink, firewall: StubFirewall) -> None:
+        self.driver, self.netlink, self.firewall = driver, netlink, firewall
+
+    def bridges(self) -> list[str]:
+        return [spec.bridge for spec in self.firewall.applied.networks]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    netlink, firewall, sysctl = FakeNetlink(), StubFirewall(), FakeSysctl()
+    driver = Driver(Settings(name="pynet-unit", state_dir=str(tmp_path)), Store(str(tmp_path)),
+                    netlink, sysctl, firewall, PortReservations(sysctl))  # type: ignore[arg-type]
+    driver.ready.set()
+    yield World(driver, netlink, firewall)
+    with driver.deletes.reap_lock:  # the reaper thread is not in the database
+        driver.store.close()
+
+
+def create(pool: str, space: str = "LocalDefault", bridge: str = "") -> protocol.CreateNetwork:
+    net = ipaddress.IPv4Network(pool)
+    generic = {"com.docker.network.bridge.name": bridge} if bridge else {}
+    return protocol.CreateNetwork.parse({
+        "NetworkID": secrets.token_hex(32), "Options": {"com.docker.network.generic": generic},
+        "IPv4Data": [{"AddressSpace": space, "Pool": pool,
+                      "Gateway": f"{net[1]}/{net.prefixlen}"}]})
+
+
+def endpoint(network_id: str, address: str) -> protocol.CreateEndpoint:
+    return protocol.CreateEndpoint.parse({
+        "NetworkID": network_id, "EndpointID": secrets.token_hex(32),
+        "Interface": {"Address": address}})
+
+
+def test_a_network_is_recorded_built_and_firewalled(world: World) -> None:
+    req = create("10.231.40.0/24", bridge="pt-unit0")
+    world.driver.create_network(req)
+    record = world.driver.store.network(req.network_id)
+    assert record is not None and record.state == "ready" and record.bridge == "pt-unit0"
+    assert world.netlink.addresses["pt-unit0"] == {"10.231.40.1/24"}
+    assert world.netlink.links["pt-unit0"].alias == f"pynet:pynet-unit:{req.network_id}"
+    assert world.bridges() == ["pt-unit0"]
+
+
+@pytest.mark.parametrize("failing", ["ensure_bridge", "ensure_address", "firewall"])
+def test_a_failed_create_is_rolled_back(world: World, failing: str) -> None:
+    if failing == "firewall":
+        world.firewall.fail = True
+    else:
+        world.netlink.fail = failing
+    req = create("10.231.41.0/24", bridge="pt-unit1")
+    with pytest.raises(KernelError):
+        world.driver.create_network(req)
+    world.netlink.fail, world.firewall.fail = "", False
+    world.driver.reap()
+    assert world.driver.store.network(req.network_id) is None
+    assert "pt-unit1" not in world.netlink.links
+    assert world.bridges() == []
+
+
+@pytest.mark.parametrize("pool,why", [
+    ("192.0.2.128/25", "overlaps the host's route to 192.0.2.0/24 via eth0"),
+    ("127.0.0.0/8", "overlaps 127.0.0.0/8"),
+])
+def test_a_refused_create_touches_nothing(world: World, pool: str, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        world.driver.create_network(create(pool))
+    assert world.driver.store.networks() == []
+    assert world.netlink.calls == []
+
+
+def test_a_pool_that_dockerd_gave_again_supersedes_the_old_network(world: World) -> None:
+    """dockerd's own IPAM never overlaps pools: the old network was removed while pynet was
+    down, and goes (bridge, rules, record) before the new one is built."""
+    old, new = create("10.231.42.0/24", bridge="pt-old"), create("10.231.42.0/24")
+    world.driver.create_network(old)
+    world.driver.create_network(new)
+    world.driver.reap()
+    assert world.driver.store.network(old.network_id) is None
+    assert "pt-old" not in world.netlink.links
+    assert world.bridges() == [f"pn-{new.network_id[:12]}"]
+
+
+def test_an_overlap_of_another_ipam_is_refused_and_the_old_network_stays(world: World) -> None:
+    old = create("10.231.43.0/24", bridge="pt-keep")
+    world.driver.create_network(old)
+    with pytest.raises(InvalidRequest, match=f"overlaps 10.231.43.0/24 of network "
+                                             f"{old.network_id[:12]} .bridge pt-keep.*pynet "
+                                             "forget"):
+        world.driver.create_network(create("10.231.43.0/25", space="other"))
+    record = world.driver.store.network(old.network_id)
+    assert record is not None and record.state == "ready"
+    assert world.bridges() == ["pt-keep"]
+
+
+def test_a_failed_publish_releases_every_port_and_leaves_no_rule(world: World) -> None:
+    req = create("10.231.44.0/24")
+    world.driver.create_network(req)
+    first, second = endpoint(req.network_id, "10.231.44.2/24"), \
+        endpoint(req.network_id, "10.231.44.3/24")
+    for ep in (first, second):
+        world.driver.create_endpoint(ep)
+    port = world.driver.ports.reserve("tcp", ipaddress.IPv4Address("0.0.0.0"), 0, 0)
+    world.driver.ports.release("tcp", ipaddress.IPv4Address("0.0.0.0"), port)
+
+    def publish(ep: protocol.CreateEndpoint, *host_ports: int) -> None:
+        world.driver.program_external(protocol.ProgramExternalConnectivity.parse({
+            "NetworkID": req.network_id, "EndpointID": ep.endpoint_id,
+            "Options": {protocol.PORTMAP: [
+                {"Proto": 6, "Port": 80 + i, "HostIP": "", "HostPort": p, "HostPortEnd": p}
+                for i, p in enumerate(host_ports)]}}))
+    publish(first, port)
+    free = world.driver.ports.reserve("tcp", ipaddress.IPv4Address("0.0.0.0"), 0, 0)
+    world.driver.ports.release("tcp", ipaddress.IPv4Address("0.0.0.0"), free)
+    with pytest.raises(Conflict, match=f"host port {port}/tcp"):
+        publish(second, free, port)  # the second binding collides with the first endpoint's
+    record = world.driver.store.endpoint(second.endpoint_id)
+    assert record is not None and record.ports == []
+    assert [p.host_port for p in world.firewall.applied.ports] == [port]
+    world.driver.ports.release("tcp", ipaddress.IPv4Address("0.0.0.0"),
+                               world.driver.ports.reserve("tcp", ipaddress.IPv4Address("0.0.0.0"),
+                                                          free, free))  # given back
+
+
+def test_a_deleted_endpoint_frees_its_ports_at_once_and_its_rules_after(world: World) -> None:
+    req = create("10.231.45.0/24")
+    world.driver.create_network(req)
+    ep = endpoint(req.network_id, "10.231.45.2/24")
+    world.driver.create_endpoint(ep)
+    world.driver.program_external(protocol.ProgramExternalConnectivity.parse({
+        "NetworkID": req.network_id, "EndpointID": ep.endpoint_id,
+        "Options": {protocol.PORTMAP: [{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 0,
+                                        "HostPortEnd": 0}]}}))
+    (published,) = world.firewall.applied.ports
+    with world.driver.deletes.reap_lock:  # the reaper is busy elsewhere
+        world.driver.delete_endpoint(protocol.EndpointRef(req.network_id, ep.endpoint_id))
+        record = world.driver.store.endpoint(ep.endpoint_id)
+        assert record is not None and record.state == DELETING and record.ports == []
+        assert world.driver.deletes.rules_pending("10.231.45.2/24")
+        held = ipaddress.IPv4Address("0.0.0.0")
+        world.driver.ports.release("tcp", held, world.driver.ports.reserve(
+            "tcp", held, published.host_port, published.host_port))  # free for the next run
+    world.driver.reap()
+    assert world.firewall.applied.ports == []
+    assert world.driver.store.endpoint(ep.endpoint_id) is None
+    assert not world.driver.deletes.rules_pending("10.231.45.2/24")

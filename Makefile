@@ -27,7 +27,7 @@ unit: venv
 	$(VENV)/bin/pytest -v tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check plugin tests scripts
+	$(VENV)/bin/ruff check plugin tests scripts lab
 
 plugin: venv
 	scripts/build-plugin.sh $(NAME) $(TAG)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import (
+from lab import (
     IMAGE,
     Instance,
     Subnets,

@@ -5,8 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab import Subnets
 from tests.e2e.differential import Lab
-from tests.helpers import Subnets
 
 
 class PortPool:

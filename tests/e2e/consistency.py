@@ -7,13 +7,12 @@ records straight from the state directory, so a bug in pynet's own view cannot h
 import ipaddress
 import json
 import re
-import socket
 import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import (
+from lab import (
     DOCKER,
     IMAGE,
     Instance,
@@ -197,11 +196,6 @@ def every_network_works(inst: Instance) -> None:
         ping_from_new_container(names[nid], gateway(n))
 
 
-def free_port() -> int:
-    """A host TCP port nothing listens on right now (for a fixed -p)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ip_in(subnet: str, host: int) -> str:

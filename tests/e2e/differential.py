@@ -18,11 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugin.config import Settings
-from tests.conftest import Resources
-from tests.e2e import netcheck
-from tests.e2e.ruleview import ORDERED, Tokens, host_port, scenario_rules
-from tests.helpers import (
+from lab import (
     Subnets,
     docker,
     docker_ok,
@@ -31,6 +27,10 @@ from tests.helpers import (
     stable_iptables_save,
     wait_for,
 )
+from plugin.config import Settings
+from tests.conftest import Resources
+from tests.e2e import netcheck
+from tests.e2e.ruleview import ORDERED, Tokens, host_port, scenario_rules
 
 DOCKER = "docker"
 PYNET = "pynet"

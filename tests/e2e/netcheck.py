@@ -11,22 +11,16 @@ server is busybox ``httpd`` (its CGI sees ``REMOTE_ADDR``); busybox has no UDP s
 the outside host's servers are ``PeerServer`` threads here.
 """
 
-import ctypes
 import errno
 import ipaddress
-import os
 import secrets
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from tests.helpers import run
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from lab import run
+from lab.netns import in_netns
 
 # busybox httpd on 80 and 9000; /cgi-bin/ip prints the client's address.
 SERVER = ("sh", "-c",
@@ -35,26 +29,6 @@ SERVER = ("sh", "-c",
           "> /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && "
           "httpd -p 9000 -h /www && exec httpd -f -p 80 -h /www")
 REQUEST = b"GET /cgi-bin/ip HTTP/1.0\r\n\r\n"
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"setns: {os.strerror(code)}")
-
-
-@contextmanager
-def in_netns(path: str | None) -> Iterator[None]:
-    """Run the body on this thread inside the network namespace at ``path`` (None: the host)."""
-    if path is None:
-        yield
-        return
-    with open("/proc/thread-self/ns/net") as home, open(path) as target:
-        _setns(target.fileno())
-        try:
-            yield
-        finally:
-            _setns(home.fileno())
 
 
 def ns_socket(path: str | None, kind: int) -> socket.socket:

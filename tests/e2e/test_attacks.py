@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab import Instance, Subnets, docker, engine, link, links
 from tests.e2e import netcheck
 from tests.e2e.differential import DOCKER, PYNET, Lab, World
-from tests.helpers import Instance, Subnets, docker, engine, link, links
 
 BLOCKED = {"timeout", "enetunreach", "ehostunreach"}
 

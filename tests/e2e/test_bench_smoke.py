@@ -8,7 +8,7 @@ and prints each figure with numbers (a pynet/bridge ratio where bridge has a cou
 import json
 from pathlib import Path
 
-from tests.helpers import REPO, VENV_BIN, run
+from lab import REPO, VENV_BIN, run
 
 # Every figure the issue asks for; the key is the JSON key, the label starts the table row.
 COMPARED = {

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lab import DOCKER, IMAGE, Instance, run, serving, wait_for
 from tests.conftest import Resources
 from tests.e2e.consistency import (
     assert_consistent,
@@ -22,7 +23,6 @@ from tests.e2e.consistency import (
     records,
     wait_reaped,
 )
-from tests.helpers import DOCKER, IMAGE, Instance, run, serving, wait_for
 
 PARALLEL_RUNS = 50
 PARALLEL_NETWORKS = 10

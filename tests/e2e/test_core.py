@@ -6,9 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Resources
-from tests.e2e.consistency import wait_reaped
-from tests.helpers import (
+from lab import (
     Instance,
     addresses,
     docker,
@@ -21,6 +19,8 @@ from tests.helpers import (
     run,
     wait_for,
 )
+from tests.conftest import Resources
+from tests.e2e.consistency import wait_reaped
 
 
 def inspect(obj: str, fmt: str) -> str:

@@ -22,28 +22,28 @@ from pathlib import Path
 
 import pytest
 
-from plugin.app import DRIVER_CALLS
-from tests.conftest import Resources
-from tests.e2e.consistency import (
-    assert_consistent,
-    every_network_works,
-    free_port,
-    ip_in,
-    network_gateway,
-    problems,
-    wait_exit,
-    wait_settled,
-)
-from tests.helpers import (
+from lab import (
     DOCKER,
     IMAGE,
     REPO,
     Instance,
     docker,
     engine,
+    free_port,
     run,
     serving,
     wait_for,
+)
+from plugin.app import DRIVER_CALLS
+from tests.conftest import Resources
+from tests.e2e.consistency import (
+    assert_consistent,
+    every_network_works,
+    ip_in,
+    network_gateway,
+    problems,
+    wait_exit,
+    wait_settled,
 )
 
 RETRY_HINT = "run the command again"

@@ -11,15 +11,27 @@ built-in driver" tells users the same. Nothing else may differ.
 """
 
 import json
-import os
 import secrets
-import signal
 import socket
-import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from lab import (
+    IMAGE,
+    Instance,
+    docker,
+    engine,
+    iptables_save,
+    link,
+    links,
+    new_instance,
+    purge_instance,
+    restart_dockerd,
+    run,
+    stable_iptables_save,
+    wait_for,
+)
 from plugin.config import Settings
 from plugin.firewall.rules import Chains
 from tests.e2e.consistency import wait_reaped
@@ -36,21 +48,6 @@ from tests.e2e.differential import (
 )
 from tests.e2e.netcheck import SERVER
 from tests.e2e.ruleview import canonical, changes, hook_problems, someone_elses
-from tests.helpers import (
-    IMAGE,
-    Instance,
-    docker,
-    docker_ok,
-    engine,
-    iptables_save,
-    link,
-    links,
-    new_instance,
-    purge_instance,
-    run,
-    stable_iptables_save,
-    wait_for,
-)
 
 # -- the documented differences ------------------------------------------------------------
 
@@ -566,19 +563,6 @@ def endpoints(inst: Instance, network: str) -> list[dict]:
 
 # -- dockerd restart ---------------------------------------------------------------------------
 
-def restart_dockerd() -> None:
-    """Stop dockerd, wait until it is gone, start it again (there is no systemd here).
-
-    Running containers of everyone on the host stop with it; use sparingly.
-    """
-    pid = int(run(["pidof", "dockerd"]).stdout.split()[0])
-    os.kill(pid, signal.SIGTERM)
-    wait_for("dockerd to exit", lambda: not os.path.exists(f"/proc/{pid}"), timeout=90,
-             interval=0.2)
-    with open("/var/log/dockerd.log", "ab") as log:
-        subprocess.Popen(["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    wait_for("dockerd to answer", docker_ok, timeout=90, interval=0.5)
 
 
 @pytest.mark.dockerd_restart

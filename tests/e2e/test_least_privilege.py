@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lab import LEAST, Instance, free_port, new_instance, privileges, purge_instance, run
 from tests.conftest import Resources
-from tests.e2e.consistency import free_port
-from tests.helpers import LEAST, Instance, new_instance, privileges, purge_instance, run
 
 
 @pytest.fixture

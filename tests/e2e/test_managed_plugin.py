@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,20 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Resources
-from tests.helpers import (
+from lab import (
     LEAST,
     PYNET,
     REPO,
     Subnets,
     docker,
     docker_ok,
+    dockerd_log,
+    free_port,
     iptables_save,
     links,
     privileges,
+    restart_dockerd,
     run,
     wait_for,
 )
+from tests.conftest import Resources
 
 pytestmark = pytest.mark.plugin
 
@@ -179,14 +181,8 @@ def assert_network_works(res: Resources, network: str, old: str) -> None:
     assert pings(new, container_ip(old, network)), f"{new} cannot reach {old}"
 
 
-def dockerd_pid() -> int:
-    return int(DOCKERD_PIDFILE.read_text())
 
 
-def dockerd_log() -> Path | None:
-    """The file dockerd writes its log to, if its stdout is one (it is when run by hand)."""
-    target = Path(os.readlink(f"/proc/{dockerd_pid()}/fd/1"))
-    return target if target.is_file() else None
 
 
 def log_since(path: Path, offset: int) -> str:
@@ -325,10 +321,6 @@ def test_recreate_under_the_same_name_keeps_networks(plugin: Plugin, res: Resour
     assert_network_works(res, net, a)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -375,13 +367,6 @@ def test_upgrade_from_a_registry_keeps_networks_and_settings(plugin: Plugin, res
     assert_network_works(res, net, a)
 
 
-def alive(pid: int) -> bool:
-    """A zombie counts as gone: PID 1 of this VM does not reap orphans (reference P16)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def boot_hazards() -> list[str]:
@@ -395,26 +380,6 @@ def boot_hazards() -> list[str]:
     return found
 
 
-def restart_dockerd() -> None:
-    """Stop dockerd and start it again as it was started (argv, environment, log, cwd)."""
-    pid = dockerd_pid()
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    environ = dict(item.split(b"=", 1) for item in
-                   Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-    cwd = os.readlink(f"/proc/{pid}/cwd")
-    log = dockerd_log() or Path("/var/log/pynet-test-dockerd.log")
-    os.kill(pid, signal.SIGTERM)
-    wait_for("dockerd to stop", lambda: not alive(pid), timeout=120, interval=0.2)
-    with log.open("ab") as out:
-        subprocess.Popen(argv, env=environ, cwd=cwd, stdout=out, stderr=out,
-                         start_new_session=True)
-    try:
-        wait_for("dockerd to answer again", docker_ok, timeout=120, interval=0.5)
-    except AssertionError:
-        tail = log.read_text(errors="replace").splitlines()[-20:]
-        raise AssertionError("dockerd did not come back; start it by hand "
-                             f"({' '.join(a.decode() for a in argv)}). Log:\n"
-                             + "\n".join(tail)) from None
 
 
 @pytest.mark.dockerd_restart

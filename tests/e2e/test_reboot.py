@@ -9,65 +9,42 @@ back on its pynet network with working connectivity and its published port.
 It restarts the host's dockerd, which other work on the machine shares: one test, marked.
 """
 
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from lab import (
+    Instance,
+    addresses,
+    docker,
+    ensure_dockerd,
+    free_port,
+    link,
+    new_instance,
+    purge_instance,
+    run,
+    start_dockerd,
+    stop_dockerd,
+    wait_for,
+)
 from plugin.firewall.iptables import IPTables
 from plugin.firewall.rules import Chains
 from tests.conftest import Resources
 from tests.e2e.consistency import (
     assert_consistent,
     chain_prefix,
-    free_port,
     ip_in,
     own_rules,
     owned_links,
 )
-from tests.helpers import (
-    Instance,
-    addresses,
-    docker,
-    docker_ok,
-    link,
-    new_instance,
-    purge_instance,
-    run,
-    wait_for,
-)
 
 HTTPD = ("sh", "-c", "mkdir -p /w && echo pynet-ok > /w/index.html && httpd -f -p 80 -h /w")
-DOCKERD_LOG = "/var/log/dockerd.log"
-
-
-def dockerd_pid() -> int | None:
-    found = run(["pidof", "dockerd"], check=False).stdout.split()
-    return int(found[0]) if found else None
-
-
-def stop_dockerd() -> None:
-    pid = dockerd_pid()
-    assert pid is not None, "dockerd is not running"
-    os.kill(pid, signal.SIGTERM)
-    wait_for("dockerd to exit", lambda: dockerd_pid() is None, timeout=120, interval=0.2)
-
-
-def start_dockerd() -> None:
-    if dockerd_pid() is None:
-        with open(DOCKERD_LOG, "ab") as log:
-            subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
-    wait_for("dockerd to answer", docker_ok, timeout=120, interval=0.5)
-
-
 @pytest.fixture
 def inst(dockerd: None) -> Iterator[Instance]:
     inst = new_instance()
     inst.start()
     yield inst
-    start_dockerd()  # whatever happened, leave the machine with a dockerd
+    ensure_dockerd()  # whatever happened, leave the machine with a dockerd
     leftovers = purge_instance(inst)
     assert not leftovers, f"reboot test left these behind: {leftovers}"
 
@@ -92,7 +69,7 @@ def test_networks_and_restart_always_containers_survive_a_reboot(inst: Instance,
     rules_before = sorted(r for r in own_rules(inst) if f"-A {chain_prefix(inst)}-" in r
                           and "DNAT" not in r and "--dport" not in r)
 
-    stop_dockerd()
+    dockerd = stop_dockerd()
     inst.stop()
     for name in owned_links(inst):  # what a reboot wipes
         run(["ip", "link", "del", name], check=False)
@@ -109,7 +86,7 @@ def test_networks_and_restart_always_containers_survive_a_reboot(inst: Instance,
                   and "DNAT" not in r and "--dport" not in r) == rules_before
     assert "restore network" in inst.log() and f"bridge {bridge} is missing" in inst.log()
 
-    start_dockerd()
+    start_dockerd(dockerd)
     wait_for("the restart=always container to run again", lambda: docker(
         "inspect", "-f", "{{.State.Running}}", web, check=False).stdout.strip() == "true",
         timeout=120, interval=0.5)

@@ -13,6 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from lab import (
+    DOCKER,
+    Instance,
+    addresses,
+    docker,
+    link,
+    run,
+    serving,
+    wait_for,
+)
 from tests.conftest import Resources
 from tests.e2e.consistency import (
     assert_consistent,
@@ -24,16 +34,6 @@ from tests.e2e.consistency import (
     records,
     repairs,
     wait_exit,
-)
-from tests.helpers import (
-    DOCKER,
-    Instance,
-    addresses,
-    docker,
-    link,
-    run,
-    serving,
-    wait_for,
 )
 
 INTERVAL = 1.0  # seconds, the tests' PYNET_RECONCILE_INTERVAL

@@ -3,8 +3,8 @@ the worker's open fds and threads stay flat and nothing leaks over a few dozen r
 
 import json
 
+from lab import REPO, VENV_BIN, run
 from tests.conftest import Resources
-from tests.helpers import REPO, VENV_BIN, run
 
 
 def test_short_soak_is_flat(res: Resources) -> None:

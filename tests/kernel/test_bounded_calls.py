@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from lab import hex_id, network_body
+from lab.netns import thread_in_netns
 from plugin import reconcile
 from plugin.app import create_app
 from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.firewall import iptables
-from tests.kernel.thread_netns import thread_in_netns
 
 DEADLINE = 1.0
 SLACK = 1.5  # scheduling on a loaded 2-core machine; far below any "hang"
@@ -58,10 +59,7 @@ def app() -> Iterator[App]:
 
 
 def network(pool: str = "10.231.253.0/24") -> dict:
-    return {"NetworkID": secrets.token_hex(32),
-            "Options": {"com.docker.network.generic": {}},
-            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool,
-                          "Gateway": pool.replace("0/24", "1/24")}], "IPv6Data": []}
+    return network_body(hex_id(), pool)
 
 
 def test_call_before_restore_is_busy_within_the_deadline(app: App) -> None:

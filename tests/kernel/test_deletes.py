@@ -8,24 +8,31 @@ still there) does not see it.
 """
 
 import ipaddress
-import json
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from lab import (
+    driver_call,
+    free_port,
+    hex_id,
+    iptables_save,
+    link,
+    network_body,
+    new_instance,
+    purge_instance,
+    wait_for,
+)
 from plugin import protocol
 from plugin.app import create_app
 from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.store import DELETING
-from tests.helpers import iptables_save, link, new_instance, purge_instance, wait_for
 
 SUBNET = ipaddress.IPv4Network("10.231.250.0/24")
 
@@ -40,22 +47,14 @@ def driver(tmp_path) -> Iterator[Driver]:
     purge_instance(inst)
 
 
-def hex_id() -> str:
-    return secrets.token_hex(32)
 
 
-def call(client: FlaskClient, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = client.post(f"/NetworkDriver.{method}", data=json.dumps(body))
-    payload = reply.get_json()
-    assert isinstance(payload, dict), reply.data
-    return payload
+call = driver_call
 
 
 def network(client: FlaskClient, network_id: str, bridge: str) -> None:
-    assert call(client, "CreateNetwork", {
-        "NetworkID": network_id, "IPv4Data": [{"Pool": str(SUBNET), "Gateway": "10.231.250.1/24"}],
-        "Options": {"com.docker.network.generic": {
-            "com.docker.network.bridge.name": bridge}}}) == {}
+    assert call(client, "CreateNetwork", network_body(
+        network_id, str(SUBNET), generic={"com.docker.network.bridge.name": bridge})) == {}
 
 
 def test_busy_delete_is_recorded_and_finished_by_the_reaper(driver: Driver) -> None:
@@ -73,9 +72,7 @@ def test_busy_create_is_refused_with_a_clear_error(driver: Driver) -> None:
     client = create_app(driver).test_client()
     nid = hex_id()
     with held(driver):
-        reply = call(client, "CreateNetwork", {
-            "NetworkID": nid, "IPv4Data": [{"Pool": "10.231.251.0/24",
-                                            "Gateway": "10.231.251.1/24"}]})
+        reply = call(client, "CreateNetwork", network_body(nid, "10.231.251.0/24"))
     assert "pynet is busy" in reply["Err"]
     assert driver.store.network(nid) is None
 
@@ -136,10 +133,6 @@ def test_new_endpoint_on_an_unpublished_address_never_sees_the_old_port(
         assert call(client, method, ref) == {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 def reaper_held_for(driver: Driver, seconds: float) -> threading.Thread:

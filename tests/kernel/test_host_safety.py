@@ -5,7 +5,6 @@ routes is refused before anything is built, and a host booted with ``ipv6.disabl
 ``net/ipv6`` sysctl tree: here a sysctl root without it) still gets IPv4 networks.
 """
 
-import json
 import os
 import secrets
 import subprocess
@@ -16,11 +15,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from lab import driver_call, hex_id, link, network_body
+from lab.netns import thread_in_netns
 from plugin.app import create_app
 from plugin.cli import build_driver
 from plugin.config import Settings
-from tests.helpers import link
-from tests.kernel.thread_netns import thread_in_netns
 
 LAN = "10.231.251.0/24"  # a route of the "host" (the namespace)
 
@@ -46,11 +45,8 @@ def client_in_netns(tmp_path: Path, sysctl_root: str) -> Iterator[FlaskClient]:
 
 
 def create(client: FlaskClient, pool: str, gateway: str, bridge: str) -> dict[str, Any]:
-    reply = client.post("/NetworkDriver.CreateNetwork", data=json.dumps({
-        "NetworkID": secrets.token_hex(32),
-        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gateway}],
-        "Options": {"com.docker.network.generic": {"com.docker.network.bridge.name": bridge}}}))
-    return reply.get_json()
+    return driver_call(client, "CreateNetwork", network_body(
+        hex_id(), pool, gateway, generic={"com.docker.network.bridge.name": bridge}))
 
 
 @pytest.fixture

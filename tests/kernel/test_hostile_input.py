@@ -25,14 +25,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroute2 import IPRoute
 
+from lab import Instance, hex_id, new_instance, run, wait_for
+from lab import network_body as any_network_body
+from lab.netns import thread_in_netns
 from plugin import protocol
 from plugin.app import CONTENT_TYPE, DRIVER_CALLS, MAX_BODY, MAX_ERR, STATELESS_CALLS, create_app
 from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.options import BRIDGE_NAME, HOST_BINDING_IPV4, IFACE_PREFIX, MTU
-from tests.helpers import Instance, new_instance, run, wait_for
-from tests.kernel.thread_netns import thread_in_netns
 
 BASE_POOL = "10.231.255.0/24"   # the standing network's (from the tests' 10.231.224.0/19)
 OTHER_POOL = "10.231.254.0/24"  # CreateNetwork mutations: never supersedes the standing one
@@ -58,18 +59,12 @@ json_value = st.recursive(
 hostile_value = st.one_of(hostile_text, json_value, st.integers(-2**70, 2**70))
 
 
-def hex_id() -> str:
-    return secrets.token_hex(32)
 
 
 def network_body(network_id: str, pool: str = OTHER_POOL) -> dict[str, Any]:
-    gw = pool.replace("0/24", "1/24")
-    return {"NetworkID": network_id,
-            "Options": {"com.docker.network.enable_ipv6": False,
-                        "com.docker.network.generic": {MTU: "1400"}},
-            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gw,
-                          "AuxAddresses": {"a1": pool.replace("0/24", "200/24")}}],
-            "IPv6Data": []}
+    """A request every field of which is present, to mutate one at a time."""
+    return any_network_body(network_id, pool, generic={MTU: "1400"},
+                            aux={"a1": pool.replace("0/24", "200/24")})
 
 
 def endpoint_body(network_id: str, endpoint_id: str) -> dict[str, Any]:

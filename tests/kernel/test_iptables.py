@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from lab import PYNET, Subnets, iptables_save, run
 from plugin.firewall.iptables import Dump, IPTables, build_batch
 from plugin.firewall.rules import (
     DOCKER_ISOLATION_2,
@@ -23,7 +24,6 @@ from plugin.firewall.rules import (
     RuleSet,
     render,
 )
-from tests.helpers import PYNET, Subnets, iptables_save, run
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab.netns import thread_in_netns
 from plugin.netlink import Netlink
-from tests.kernel.thread_netns import thread_in_netns
 
 
 @pytest.fixture

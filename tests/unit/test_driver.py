@@ -6,12 +6,12 @@ refused or failed call must leave no record, no link and no rule.
 """
 
 import ipaddress
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lab import hex_id, network_body
 from plugin import protocol
 from plugin.config import Settings
 from plugin.driver import Driver
@@ -134,17 +134,14 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def create(pool: str, space: str = "LocalDefault", bridge: str = "") -> protocol.CreateNetwork:
-    net = ipaddress.IPv4Network(pool)
     generic = {"com.docker.network.bridge.name": bridge} if bridge else {}
-    return protocol.CreateNetwork.parse({
-        "NetworkID": secrets.token_hex(32), "Options": {"com.docker.network.generic": generic},
-        "IPv4Data": [{"AddressSpace": space, "Pool": pool,
-                      "Gateway": f"{net[1]}/{net.prefixlen}"}]})
+    return protocol.CreateNetwork.parse(network_body(hex_id(), pool, space=space,
+                                                     generic=generic))
 
 
 def endpoint(network_id: str, address: str) -> protocol.CreateEndpoint:
     return protocol.CreateEndpoint.parse({
-        "NetworkID": network_id, "EndpointID": secrets.token_hex(32),
+        "NetworkID": network_id, "EndpointID": hex_id(),
         "Interface": {"Address": address}})
 
 

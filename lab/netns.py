@@ -1,9 +1,10 @@
-"""Run the calling thread inside a throwaway network namespace.
+"""Network namespaces for the calling thread: an existing one, or a throwaway one.
 
 ``setns(2)`` moves only the calling thread, and everything the tests care about follows it: a
-netlink socket opened afterwards, ``/proc/sys/net`` opened afterwards, and child processes
-(iptables) forked from it. So an in-process Driver can do real kernel work - even when a fuzzed
-request turns out valid - without touching the host.
+socket or netlink socket opened afterwards, ``/proc/sys/net`` opened afterwards, and child
+processes (iptables) forked from it. So an in-process Driver can do real kernel work - even
+when a fuzzed request turns out valid - without touching the host, and one test process can
+probe from every container's namespace in parallel.
 """
 
 import ctypes
@@ -16,11 +17,27 @@ from contextlib import contextmanager
 CLONE_NEWNET = 0x40000000
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(path: str | None) -> Iterator[None]:
+    """Run the body on this thread inside the network namespace at ``path`` (None: the host)."""
+    if path is None:
+        yield
+        return
+    with open("/proc/thread-self/ns/net") as home, open(path) as target:
+        _setns(target.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
 
 
 @contextmanager

@@ -1,8 +1,9 @@
-"""Shared test machinery: a real dockerd, pynet instances under throwaway names, clean-up.
+"""The lab the tests and the scripts (benchmark, soak) work in: a real dockerd, pynet
+instances under throwaway names, test subnets, request builders, clean-up.
 
-Tests talk to the real kernel and the real dockerd. Everything they create is named with the
-session's pynet instance name or registered for clean-up, and the session ends by checking that
-nothing of it is left.
+Everything made here is named with a throwaway pynet instance name or registered for clean-up,
+and the tests end by checking that nothing of it is left. Not part of the plugin: its package
+is ``plugin`` alone.
 """
 
 import functools
@@ -12,13 +13,14 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -90,6 +92,110 @@ def docker_api(path: str) -> dict:
     done = run(["curl", "-sf", "--max-time", "10", "--unix-socket", "/var/run/docker.sock",
                 f"http://localhost/{path}"])
     return json.loads(done.stdout)
+
+
+def free_port() -> int:
+    """A host TCP port nothing listens on right now (the kernel's pick, free on every
+    address), for a fixed ``-p`` or a test server."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def hex_id() -> str:
+    """A network or endpoint id as dockerd makes them."""
+    return secrets.token_hex(32)
+
+
+def network_body(network_id: str, pool: str, gateway: str | None = None, *,
+                 space: str = "LocalDefault", generic: dict[str, str] | None = None,
+                 aux: dict[str, str] | None = None) -> dict[str, Any]:
+    """A CreateNetwork request as dockerd sends it; ``gateway`` defaults to the pool's first
+    address (with its prefix), "" leaves it out."""
+    net = ipaddress.IPv4Network(pool)
+    ipam: dict[str, Any] = {"AddressSpace": space, "Pool": pool, "AuxAddresses": aux or {}}
+    if gateway != "":
+        ipam["Gateway"] = gateway or f"{net[1]}/{net.prefixlen}"
+    return {"NetworkID": network_id, "IPv4Data": [ipam], "IPv6Data": [],
+            "Options": {"com.docker.network.enable_ipv6": False,
+                        "com.docker.network.generic": generic or {}}}
+
+
+def driver_call(client: Any, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to an app's test client as dockerd would (no Content-Type); the JSON
+    object it answers."""
+    reply = client.post(f"/NetworkDriver.{method}", data=json.dumps(body))
+    payload = json.loads(reply.data)
+    assert isinstance(payload, dict), reply.data
+    return payload
+
+
+def dockerd_pid() -> int | None:
+    found = run(["pidof", "dockerd"], check=False).stdout.split()
+    return int(found[0]) if found else None
+
+
+def alive(pid: int) -> bool:
+    """A zombie counts as gone: PID 1 of this VM does not reap orphans."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def dockerd_log() -> Path | None:
+    """The file dockerd writes its log to, if its stdout is one (it is when run by hand)."""
+    pid = dockerd_pid()
+    if pid is None:
+        return None
+    target = Path(os.readlink(f"/proc/{pid}/fd/1"))
+    return target if target.is_file() else None
+
+
+@dataclass(frozen=True)
+class DockerdCommand:
+    """How the running dockerd was started: what it takes to start it again as it was."""
+
+    argv: list[bytes]
+    env: dict[bytes, bytes]
+    cwd: str
+    log: Path
+
+
+def stop_dockerd() -> DockerdCommand:
+    """Stop dockerd (there is no systemd here) and say how to start it again. Running
+    containers of everyone on the host stop with it: use sparingly."""
+    pid = dockerd_pid()
+    assert pid is not None, "dockerd is not running"
+    command = DockerdCommand(
+        argv=Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0"),
+        env=dict(item.split(b"=", 1) for item in
+                 Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item),
+        cwd=os.readlink(f"/proc/{pid}/cwd"),
+        log=dockerd_log() or Path("/var/log/pynet-test-dockerd.log"))
+    os.kill(pid, signal.SIGTERM)
+    wait_for("dockerd to stop", lambda: not alive(pid), timeout=120, interval=0.2)
+    return command
+
+
+def start_dockerd(command: DockerdCommand) -> None:
+    """Start dockerd as ``command`` says and wait until it answers."""
+    with command.log.open("ab") as out:
+        subprocess.Popen(command.argv, env=command.env, cwd=command.cwd, stdout=out,
+                         stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for("dockerd to answer again", docker_ok, timeout=120, interval=0.5)
+    except AssertionError:
+        tail = command.log.read_text(errors="replace").splitlines()[-20:]
+        raise AssertionError("dockerd did not come back; start it by hand "
+                             f"({' '.join(a.decode() for a in command.argv)}). Log:\n"
+                             + "\n".join(tail)) from None
+
+
+def restart_dockerd() -> None:
+    """Stop dockerd and start it again as it was started (argv, environment, log, cwd)."""
+    start_dockerd(stop_dockerd())
 
 
 def ensure_dockerd() -> None:

@@ -1,0 +1,20 @@
+"""scripts/bench.py's parts, one job each: verdicts (figures, statistics, tables), resources
+(its networks and containers), probes (timings, data plane), floor (the floor remote driver),
+pynet_side (what it reads of the instance under test)."""
+
+import ipaddress
+import re
+
+BRIDGE = "bridge"
+POOL = ipaddress.IPv4Network("10.232.0.0/16")  # this benchmark's range; tests use 10.231/16
+# /26 each: 200 growth networks per driver (400) do not fit into the pool as /24s.
+SUBNET_PREFIX = 26
+# Container run is the figure closest to its target and each sample is ~0.3 s of dockerd's
+# work with a few ms of the driver's in it: several samples a round keep its median steady.
+RUN_SAMPLES = 3
+SERVER_HOST = 10  # the server container's fixed address: <subnet> + 10
+ECHO_PORT, SINK_PORT = 5002, 5003
+# In the server container: a TCP echo and a TCP sink, each forking per connection (-ll).
+SERVER_CMD = (f"nc -ll -p {ECHO_PORT} -e cat & "
+              f"nc -ll -p {SINK_PORT} -e dd of=/dev/null bs=1M & exec sleep 3600")
+CALL_LINE = re.compile(r"\s(\w+) ok (\d+(?:\.\d+)?)ms\s*$")

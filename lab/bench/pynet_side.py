@@ -1,0 +1,52 @@
+"""What the benchmark reads of the pynet instance under test, and of the machine."""
+
+import os
+import platform
+from pathlib import Path
+
+from lab import (
+    docker,
+    firewall_backend,
+    run,
+)
+from lab.bench import CALL_LINE
+
+
+def worker_pid(master: int) -> int:
+    """The gunicorn worker under the ``pynet serve`` master (state lives in that process)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    if not children:
+        raise RuntimeError(f"pynet master {master} has no worker process")
+    return int(children[0])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size from /proc, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+def handler_times(log_text: str) -> dict[str, list[float]]:
+    """Per-method durations (ms) from pynet's one line per successful call."""
+    calls: dict[str, list[float]] = {}
+    for line in log_text.splitlines():
+        m = CALL_LINE.search(line)
+        if m:
+            calls.setdefault(m.group(1), []).append(float(m.group(2)))
+    return calls
+
+
+
+def machine() -> dict[str, str]:
+    """What the figures were taken on."""
+    cpu = next((line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    server = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    backend = firewall_backend()
+    iptables = run(["iptables", "--version"], check=False).stdout.strip()
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+            "docker": server, "firewall": backend, "iptables": iptables,
+            "python": platform.python_version()}

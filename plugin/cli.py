@@ -139,9 +139,8 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     # Held (the descriptor stays open) until the process exits.
     claim(settings, "another server can start", wait=settings.call_deadline)
     # Calls are short bursts of Python between syscalls, while the periodic check decodes
-    # every link and rule on the host in one go; with the default 5 ms switch interval each
-    # GIL hand-over made a call wait that long, and CreateNetwork took up to 400 ms at 200
-    # networks. Handing over every millisecond keeps calls moving.
+    # every link and rule on the host in one go: with the default switch interval each GIL
+    # hand-over makes a call wait that long. Handing over every millisecond keeps calls moving.
     sys.setswitchinterval(0.001)
     drop_privileges()
     Server(settings).run()

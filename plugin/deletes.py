@@ -1,8 +1,8 @@
 """Deferred deletes: answered once recorded, finished by a reaper thread.
 
 dockerd waits for DeleteNetwork, DeleteEndpoint and RevokeExternalConnectivity, and the kernel
-takes 20-40 ms to unregister a link and 15-40 ms for an nft batch that deletes rules; none of
-that need sit on ``docker rm`` or ``docker network rm``. So a delete only marks its record
+is slow to unregister a link and to apply an nft batch that deletes rules; none of that need
+sit on ``docker rm`` or ``docker network rm``. So a delete only marks its record
 ``deleting`` (and frees host ports at once: the next ``docker run`` may want them), and the
 reaper removes rules, links and records after the answer.
 

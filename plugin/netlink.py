@@ -75,7 +75,7 @@ class _LinkMessage(ifinfmsg):
 
     pyroute2 makes an object per attribute (about 40 per link, 26 KiB per link in all). The
     periodic check reads every link on the host, and at a few hundred links those short-lived
-    objects left Python's allocator holding ~15 MiB it never returned; reading five values
+    objects left Python's allocator holding memory it never returned; reading five values
     straight from the reply is also ~4x faster. pyroute2 still decodes the headers (its
     documented way to customise a message: override decode, call the parent's)."""
 
@@ -135,8 +135,8 @@ class Netlink:
         self._lock = threading.Lock()
 
     def sibling(self) -> "Netlink":
-        """Another socket on the same namespace: deleting a link blocks its socket for the
-        20-40 ms the kernel takes, which must not hold up creates on this one."""
+        """Another socket on the same namespace: deleting a link blocks its socket for as long
+        as the kernel takes, which must not hold up creates on this one."""
         return Netlink(self._netns)
 
     def _open(self) -> IPRoute:
@@ -303,7 +303,7 @@ class Netlink:
 
         The kernel filters the dumps (orig source, orig destination, reply source: the last
         catches DNATed connections to a published port), so pynet decodes only the address's
-        entries, not the host's whole table, which held the GIL for ~100 ms on busy hosts."""
+        entries, not the host's whole table, which held the GIL long on busy hosts."""
         dropped = 0
         if self._netns:
             return 0  # conntrack tables are per namespace; tests in a throwaway one have none

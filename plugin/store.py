@@ -11,7 +11,7 @@ cannot lose one: dockerd keeps the network and will not send it again. Endpoint 
 not: a power cut takes every endpoint's veth with it, the start-up repair drops endpoint
 records without their links, and dockerd creates the endpoints again as containers start. An
 fsync on ext4 also waits for other programs' dirty data (dockerd's, the containers' layers),
-so skipping it takes 10-20 ms off the slowest calls of a `docker run` / `docker rm`. (A flushed
+so skipping it takes the slowest waits off a `docker run` / `docker rm`. (A flushed
 network commit flushes every earlier endpoint commit with it.)
 """
 

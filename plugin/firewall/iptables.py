@@ -146,8 +146,9 @@ def _in_place(hook: Hook, rules: list[str], at: int) -> bool:
 def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
     """Inserts and deletes that turn ``old`` into ``new``.
 
-    With the nft backend a restore that only adds rules costs ~2 ms, while any deletion (a
-    flush included) costs ~15 ms, so a network create must not rewrite chains it only extends.
+    With the nft backend a restore that only adds rules is cheap, while any deletion (a flush
+    included) makes it several times dearer, so a network create must not rewrite chains it
+    only extends.
     Rules that go at the top are inserted at 1 (last first) and rules that go at the bottom
     appended, because an insert at any other position makes iptables-nft read the whole chain.
     """
@@ -369,7 +370,7 @@ class IPTables:
         """Make the kernel match ``desired()``; True if anything had to change. ``fresh``
         reads the kernel instead of trusting the remembered picture (repairs). ``keep`` only
         adds: rules no longer desired stay for a later apply to remove (with nft a batch that
-        deletes costs 15-40 ms, one that only adds ~2 ms).
+        deletes costs several times one that only adds).
 
         The rules depend on what exists (dockerd's chains), and dockerd may delete, flush or
         reorder its chains between a read and a write (it does so on every start and network

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from plugin.netlink import Netlink
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 PYNET = str(VENV_BIN / "pynet")
@@ -268,10 +270,16 @@ class Subnets:
         self._next = secrets.randbelow(len(self._all))
 
     def take(self) -> ipaddress.IPv4Network:
-        """The next subnet (rotating; tests remove their networks, so reuse is safe)."""
-        subnet = self._all[self._next % len(self._all)]
-        self._next += 1
-        return subnet
+        """The next subnet no host route overlaps now (rotating; tests remove their networks,
+        so reuse is safe, and a bridge someone left behind is passed over)."""
+        routes = [dst for dst, _ in Netlink.routes_v4() if dst.prefixlen]
+        for _ in range(len(self._all)):
+            subnet = self._all[self._next % len(self._all)]
+            self._next += 1
+            if not any(subnet.overlaps(dst) for dst in routes):
+                return subnet
+        raise AssertionError(f"every /{self._all[0].prefixlen} of {self.pool} overlaps a host "
+                             "route; remove what is left there, or set PYNET_TEST_SUBNETS")
 
 
 @dataclass

@@ -28,10 +28,11 @@ from plugin.sysctl import Sysctl
 log = logging.getLogger("plugin")
 
 
-def build_driver(settings: Settings) -> Driver:
-    """A driver wired to the real kernel and the state directory."""
+def build_driver(settings: Settings, owner: bool = True) -> Driver:
+    """A driver wired to the real kernel and the state directory; only the instance's owner
+    (owner.py) migrates records of an earlier release."""
     sysctl = Sysctl(settings.sysctl_root)
-    return Driver(settings, Store(settings.state_dir), Netlink(), sysctl,
+    return Driver(settings, Store(settings.state_dir, migrate=owner), Netlink(), sysctl,
                   IPTables(Chains(settings.chain_prefix)), PortReservations(sysctl))
 
 
@@ -148,7 +149,7 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, _args: argparse.Namespace) -> int:
-    store = Store(settings.state_dir)
+    store = Store(settings.state_dir, migrate=False)
     started = server_started(settings)
     out = []
     for n in store.networks():
@@ -168,8 +169,8 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if not args.dry_run:  # a plan changes nothing: it may look while the server runs
-        claim(settings, "'pynet reconcile' can run")
-    driver = build_driver(settings)
+        claim(settings, "'pynet reconcile' can run", wait=1.0)
+    driver = build_driver(settings, owner=not args.dry_run)
     outcomes = reconcile.run(driver, dry_run=args.dry_run)
     for line in outcomes:
         print(line)
@@ -181,7 +182,7 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def _forget(settings: Settings, args: argparse.Namespace) -> int:
     """Mark a network dockerd no longer has for removal: the running server's reaper (or the
     next start) removes its bridge, rules and records, as for a DeleteNetwork."""
-    store = Store(settings.state_dir)
+    store = Store(settings.state_dir, migrate=False)
     found = [n for n in store.networks() if n.id.startswith(args.network)]
     if len(args.network) < 12 or len(found) != 1:
         print(f"pynet: {args.network!r} names {len(found)} of pynet's networks; give at least "
@@ -199,7 +200,7 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
-    claim(settings, "'pynet uninstall' can run")
+    claim(settings, "'pynet uninstall' can run", wait=1.0)
     store = Store(settings.state_dir)
     if store.networks():
         print(f"pynet still has {len(store.networks())} network(s); remove them with "

@@ -58,8 +58,10 @@ class Deletes:
         self._wake = threading.Event()
         self.reap_lock = threading.Lock()  # held while deletes are finished (module doc)
         self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
-        # Container addresses whose port rules the reaper has not removed yet.
+        # Container addresses whose port rules the reaper has not removed yet, each with the
+        # serial number of its last unpublish (a tiny lock: calls and the reaper both write).
         self._unpublished: dict[str, int] = {}
+        self._unpublished_lock = threading.Lock()
         self._serial = itertools.count()
 
     def start(self) -> None:
@@ -73,7 +75,8 @@ class Deletes:
     def unpublished(self, address: str, flush: bool = False) -> None:
         """The ports of the endpoint at ``address`` were released; ``flush`` also drops the
         address's conntrack entries once the rules are gone."""
-        self._unpublished[address] = next(self._serial)
+        with self._unpublished_lock:
+            self._unpublished[address] = next(self._serial)
         if flush:
             self._unflushed.put(ipaddress.IPv4Interface(address).ip)
         self._wake.set()
@@ -95,13 +98,15 @@ class Deletes:
         """Finish answered deletes: rules first (one batch), then links, then records."""
         owner = self._owner
         with self.reap_lock:
-            unpublished = dict(self._unpublished)
+            with self._unpublished_lock:
+                unpublished = dict(self._unpublished)
             endpoints = [e for e in owner.store.endpoints() if e.state == DELETING]
             networks = [n for n in owner.store.networks() if n.state == DELETING]
             owner.sync_firewall()
-            for address, serial in unpublished.items():
-                if self._unpublished.get(address) == serial:  # not unpublished again since
-                    del self._unpublished[address]
+            with self._unpublished_lock:
+                for address, serial in unpublished.items():
+                    if self._unpublished.get(address) == serial:  # not unpublished again
+                        del self._unpublished[address]
             for endpoint in endpoints:
                 owner.teardown_endpoint(endpoint)
             for network in networks:

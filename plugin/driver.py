@@ -211,9 +211,10 @@ class Driver:
         """Refuse a pool that overlaps a route of the host's (its LAN, a VPN, another
         bridge): the bridge's route would take those addresses from it. Routes of ``bridge``
         itself (a user's bridge the network takes over) and of this instance's other bridges
-        (left to _drop_superseded) are no conflict, nor is the default route."""
+        (left to _drop_superseded) are no conflict, nor are default routes (0.0.0.0/0, or the
+        two halves a VPN installs in its place)."""
         for dst, name in self.netlink.routes_v4():
-            if dst.prefixlen == 0 or not dst.overlaps(pool):
+            if dst.prefixlen <= 1 or not dst.overlaps(pool):
                 continue
             if name == bridge or self.store.network_by_bridge(name) is not None:
                 continue

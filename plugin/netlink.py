@@ -184,7 +184,7 @@ class Netlink:
             next(table)  # the header line
             for line in table:
                 iface, dst, _gateway, _flags, _ref, _use, _metric, mask = line.split()[:8]
-                network = ipaddress.IPv4Address(struct.pack("<I", int(dst, 16)))
+                network = ipaddress.IPv4Address(struct.pack("=I", int(dst, 16)))  # host order
                 prefix = bin(int(mask, 16)).count("1")
                 found.append((ipaddress.IPv4Network((network, prefix), strict=False), iface))
         return found

@@ -54,8 +54,11 @@ def server_started(settings: Settings) -> float | None:
     except FileNotFoundError:
         return None
     try:
-        if _locked(fd):
-            return None  # nobody holds it (the shared lock of a reader goes with the close)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it (a reader's shared lock goes with the close)
+        except BlockingIOError:
+            pass
         return float(os.read(fd, 64).decode().strip() or 0)
     finally:
         os.close(fd)

@@ -108,7 +108,11 @@ _DELETE_IS_FINAL = f"WHERE state != '{DELETING}' OR excluded.state = '{DELETING}
 class Store:
     """SQLite-backed records; one connection shared under a lock (calls are short)."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, migrate: bool = True) -> None:
+        """Open (or create) the records in ``state_dir``. ``migrate``: bring an earlier
+        release's records to this schema; only the instance's owner does (owner.py), so that
+        a still-running older server is not left with records it cannot read. Records not
+        migrated are read all the same."""
         Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = stat.S_IMODE(os.stat(state_dir).st_mode)
         if mode & 0o077:
@@ -124,7 +128,8 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._flushed = True  # what the connection's synchronous setting is now
             self._db.executescript(_SCHEMA)
-            self._migrate()
+            if migrate:
+                self._migrate()
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -139,21 +144,20 @@ class Store:
     def _migrate(self) -> None:
         """Bring records written by an earlier release to SCHEMA_VERSION, in one transaction;
         refuse a database of a newer release (its records may mean something else)."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise PynetError(f"{self._db_path()} was written by a newer pynet (schema "
-                             f"{version}, this release knows {SCHEMA_VERSION}); run that "
-                             "release or a newer one")
-        if version == SCHEMA_VERSION:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE")  # another process may be migrating too
         try:
-            for network_id, text in self._db.execute("SELECT id, data FROM networks").fetchall():
-                data = json.loads(text)
-                data["config"] = _config_of_request(network_id, data.pop("request")).to_json()
-                self._db.execute("UPDATE networks SET data = ? WHERE id = ?",
-                                 (json.dumps(data), network_id))
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise PynetError(f"{self._db_path()} was written by a newer pynet (schema "
+                                 f"{version}, this release knows {SCHEMA_VERSION}); run that "
+                                 "release or a newer one")
+            if version < SCHEMA_VERSION:
+                rows = self._db.execute("SELECT id, data FROM networks").fetchall()
+                for network_id, text in rows:
+                    data = _current(network_id, json.loads(text))
+                    self._db.execute("UPDATE networks SET data = ? WHERE id = ?",
+                                     (json.dumps(data), network_id))
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -286,14 +290,36 @@ class Store:
         network_id, text = row
         cached = self._networks.get(network_id)
         if cached is None or cached[0] != text:
-            data = json.loads(text)
+            data = _current(network_id, json.loads(text))
             data["config"] = NetworkConfig.from_json(data["config"])
             cached = self._networks[network_id] = (text, NetworkRecord(**data))
         return replace(cached[1])
 
 
+# Options the release that kept requests (schema 0) accepted and ignored: its networks were
+# built without them, so their configs are read without them.
+_IGNORED_BY_SCHEMA_0 = ("com.docker.network.bridge.gateway_mode_ipv4",
+                        "com.docker.network.bridge.gateway_mode_ipv6",
+                        "com.docker.network.bridge.trusted_host_interfaces")
+
+
+def _current(network_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A stored network record in this schema's form (schema 0 kept dockerd's request)."""
+    if "config" in data:
+        return data
+    request = dict(data.pop("request"))
+    options = dict(request.get("Options") or {})
+    options.pop("com.docker.network.enable_ipv4", None)
+    generic = options.get("com.docker.network.generic")
+    if isinstance(generic, dict):
+        options["com.docker.network.generic"] = {
+            k: v for k, v in generic.items() if k not in _IGNORED_BY_SCHEMA_0}
+    request["Options"] = options
+    return {**data, "config": _config_of_request(network_id, request).to_json()}
+
+
 def _config_of_request(network_id: str, request: dict[str, Any]) -> NetworkConfig:
-    """Schema 0 kept dockerd's CreateNetwork request; its config is what it asked for."""
+    """What a schema-0 record's CreateNetwork request asked for."""
     try:
         return NetworkConfig.from_request(protocol.CreateNetwork.parse(request))
     except PynetError as exc:

@@ -100,15 +100,16 @@ def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
     """restore-format lines that leave exactly one ``hook`` at its place in ``rules``, and no
     other jump to its chain (an earlier release's form of the same hook).
 
-    A hook with ``after`` must come below the jumps it names and, unless it goes ``last``,
-    below nothing that could match pynet's traffic first: dockerd keeps re-inserting its jumps
-    at the top, with (on 20.10) each new network's rules right below them, and other pynet
-    instances' hooks sit there too. So it may have above it bare jumps (except those named in
-    ``before``) and rules bound to some interface, which are dockerd's for its bridges and
-    cannot match pynet's traffic; moving it back above those after every ``docker network
-    create`` would cost an nft rule deletion each time and buy nothing. Two instances never
-    take turns moving their hooks, and a stray duplicate jump further down changes nothing.
-    Other hooks go anywhere above the chain's ``-j RETURN``.
+    A hook with ``after`` must come below the jumps it names, and between the last of them and
+    itself there may be only bare jumps (but none named in ``before``) and rules bound to some
+    interface: dockerd keeps re-inserting its jumps at the top, with (on 20.10) each new
+    network's rules right below them, and other pynet instances' hooks sit there too. Rules
+    bound to dockerd's bridges cannot match pynet's traffic (pynet's raw rules drop what they
+    route to pynet's subnets), and moving the hook back above them after every ``docker
+    network create`` would cost an nft rule deletion each time and buy nothing. Rules above
+    the named jumps (kube-proxy's, an administrator's) are not pynet's to judge. Two instances
+    never take turns moving their hooks. Other hooks go anywhere above the chain's
+    ``-j RETURN``.
     """
     where = [i for i, r in enumerate(rules) if r == hook.rule]
     stale = [r for r in rules if r != hook.rule and _jumps_to(r, {hook.target})]
@@ -117,10 +118,11 @@ def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
     if len(where) == 1 and _in_place(hook, rules, where[0]):
         return fix
     fix += [f"-D {hook.chain} {hook.rule}"] * len(where)
+    start = _below_after(hook, others)
     if hook.last:
-        return fix + [f"-A {hook.chain} {hook.rule}"]
-    target = 0
-    if hook.after:
+        target = start if start else len(others)
+    else:
+        target = start
         before = {f"-j {name}" for name in hook.before}
         while target < len(others) and _bare_jump(others[target]) \
                 and others[target] not in before:
@@ -128,19 +130,55 @@ def hook_fix(hook: Hook, rules: list[str]) -> list[str]:
     return fix + [f"-I {hook.chain} {target + 1} {hook.rule}"]
 
 
+def _below_after(hook: Hook, rules: list[str]) -> int:
+    """The index right below the last of ``hook``'s ``after`` jumps in ``rules`` (0: none);
+    of a jump found twice the first counts (dockerd's delete-and-insert can leave a stray
+    duplicate further down, which changes nothing)."""
+    first = {rule: i for i, rule in reversed(list(enumerate(rules)))}
+    found = [first[f"-j {name}"] for name in hook.after if f"-j {name}" in first]
+    return max(found) + 1 if found else 0
+
+
 def _in_place(hook: Hook, rules: list[str], at: int) -> bool:
     """Whether the hook at index ``at`` of ``rules`` may stay there (see ``hook_fix``)."""
-    above = rules[:at]
-    if hook.after:
-        named = {f"-j {name}" for name in hook.after}.intersection(rules)
-        if not named.issubset(above):
-            return False
-        if hook.last:
-            return True
-        if {f"-j {name}" for name in hook.before}.intersection(above):
-            return False
-        return all(_bare_jump(r) or _other_interface(r) for r in above)
-    return "-j RETURN" not in above
+    if not hook.after:
+        return "-j RETURN" not in rules[:at]
+    start = _below_after(hook, rules)
+    if at < start or {f"-j {name}" for name in hook.before}.intersection(rules[:at]):
+        return False
+    return all(_bare_jump(r) or _other_interface(r) for r in rules[start:at])
+
+
+def edited(rules: list[str], lines: list[str]) -> list[str]:
+    """``rules`` (one chain) after the ``-D``/``-I``/``-A`` lines of ``hook_fix``."""
+    out = list(rules)
+    for line in lines:
+        op, _chain, rest = line.split(" ", 2)
+        if op == "-D":
+            out.remove(rest)
+        elif op == "-A":
+            out.append(rest)
+        else:
+            position, rule = rest.split(" ", 1)
+            out.insert(int(position) - 1, rule)
+    return out
+
+
+def hook_fixes(hooks: list[Hook], table: str, current: Dump) -> list[str]:
+    """restore-format lines that put every hook of ``table`` in place, each computed on the
+    chain as the fixes before it leave it (two hooks may share a chain)."""
+    chains: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for hook in hooks:
+        if hook.table != table:
+            continue
+        rules = chains.get(hook.chain)
+        if rules is None:  # a built-in chain is absent only while its table is empty
+            rules = current.chain(table, hook.chain) or []
+        fix = hook_fix(hook, rules)
+        chains[hook.chain] = edited(rules, fix)
+        lines += fix
+    return lines
 
 
 def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
@@ -216,10 +254,10 @@ def build_batch(rules: RuleSet, current: Dump) -> str | None:
                 lines += [f"-A {chain} {r}" for r in wanted]
             else:
                 lines += chain_edits(chain, existing, wanted)
-        for hook in rules.hooks:
-            if hook.table == table:  # a built-in chain: absent only while its table is empty
-                lines += hook_fix(hook, current.chain(table, hook.chain) or [])
-        lines += removal(current, table, rules.retired.get(table, []))
+        lines += hook_fixes(rules.hooks, table, current)
+        # Jumps to retired chains from pynet's own chains go with the rewrite above.
+        lines += removal(current, table, rules.retired.get(table, []),
+                         skip=set(rules.chains.get(table, {})))
         if declare or lines:
             out += [f"*{table}", *declare, *lines, "COMMIT"]
     return "\n".join(out) + "\n" if out else None
@@ -228,9 +266,8 @@ def build_batch(rules: RuleSet, current: Dump) -> str | None:
 def applied(current: Dump, rules: RuleSet) -> Dump | None:
     """What ``current`` reads as once ``rules`` are in; None if hooks had to move, because
     their chains are dockerd's and only a fresh read tells where its rules went."""
-    for hook in rules.hooks:
-        if hook_fix(hook, current.chain(hook.table, hook.chain) or []):
-            return None
+    if any(hook_fixes(rules.hooks, table, current) for table in TABLES):
+        return None
     if any(removal(current, table, names) for table, names in rules.retired.items()):
         return None
     tables = {table: dict(chains) for table, chains in current.tables.items()}
@@ -239,14 +276,16 @@ def applied(current: Dump, rules: RuleSet) -> Dump | None:
     return Dump(tables)
 
 
-def removal(current: Dump, table: str, names: list[str]) -> list[str]:
+def removal(current: Dump, table: str, names: list[str],
+            skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """restore-format lines that remove the chains ``names`` of ``table`` and every jump to
-    them from other chains; none if they are gone."""
+    them from other chains but those in ``skip``; none if they are gone."""
     present = [c for c in names if current.chain(table, c) is not None]
     if not present:
         return []
     lines = [f"-D {chain} {rule}"
-             for chain, rules in current.tables.get(table, {}).items() if chain not in present
+             for chain, rules in current.tables.get(table, {}).items()
+             if chain not in present and chain not in skip
              for rule in rules if _jumps_to(rule, set(present))]
     return lines + [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
 

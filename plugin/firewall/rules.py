@@ -19,9 +19,15 @@ The layout, per network (``BR`` its bridge):
   FORWARD rules: what enters ``BR`` (replies, published ports, same-network traffic if icc)
   is accepted and everything else entering ``BR`` dropped; internal networks drop whatever
   leaves them too.
-* filter ``<P>-EGRESS``, hooked below dockerd's FORWARD rules: what leaves ``BR`` for elsewhere
-  is accepted there, after dockerd had its say, so Docker's own networks stay closed to pynet's
-  containers as they are to each other (on engines with isolation stages, through them).
+* filter ``<P>-EGRESS``, hooked right below dockerd's FORWARD jumps: what leaves ``BR`` for
+  elsewhere is accepted there, after dockerd had its say, so Docker's own networks stay closed
+  to pynet's containers as they are to each other (Docker 28+ drops what enters its bridges
+  from elsewhere, and routing to its containers directly, itself).
+* filter ``<P>-ISOLATION``, hooked into Docker's ``DOCKER-ISOLATION-STAGE-1`` where that
+  exists (20.10, 28): dockerd evaluates it before any rule of its bridges, so what leaves a
+  pynet bridge for another one goes through Docker's stage 2 (which drops it for Docker's
+  bridges) unless it is a DNATed connection to a published port; what leaves an internal
+  network is dropped there too.
 * nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
   ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
 """
@@ -73,6 +79,10 @@ class Chains:
         return f"{self.prefix}-PORTS"
 
     @property
+    def isolation(self) -> str:
+        return f"{self.prefix}-ISOLATION"
+
+    @property
     def raw(self) -> str:
         return f"{self.prefix}-RAW"
 
@@ -86,7 +96,7 @@ class Chains:
 
     def owned(self) -> dict[str, list[str]]:
         """Every chain pynet owns, per table."""
-        return {"filter": [self.forward, self.egress, self.ports],
+        return {"filter": [self.forward, self.egress, self.ports, self.isolation],
                 "nat": [self.dnat, self.postrouting],
                 "raw": [self.raw]}
 
@@ -161,8 +171,9 @@ class Hook:
     """A jump from a built-in chain into one of pynet's chains.
 
     ``after``: chains whose jumps must come above it; ``before``: chains whose jumps must come
-    below it. A hook that must move goes to the end of the chain's opening block of bare jumps
-    (but above any ``before`` jump), or, with ``last``, to the end of the chain.
+    below it. A hook that must move goes below the last ``after`` jump there is, past the bare
+    jumps that follow it (but above any ``before`` jump); with ``last``, right below the last
+    ``after`` jump (the end of the chain if there is none).
     """
 
     table: str
@@ -209,19 +220,21 @@ def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
 def network_raw_rules(net: NetworkSpec) -> list[str]:
     """The ``<P>-RAW`` rules of one network (see the module docstring)."""
     br, subnet = net.bridge, net.subnet
-    localnet = [] if net.internal else [f"-d {LOOPBACK} -i {br} -j DROP"]
+    # Nothing legitimate enters a bridge from or for loopback; with route_localnet=1 the
+    # kernel would otherwise take both.
+    localnet = [] if net.internal else [f"-s {LOOPBACK} -i {br} -j DROP",
+                                        f"-d {LOOPBACK} -i {br} -j DROP"]
     trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
     return [*localnet, *trusted,
             f"-d {subnet} ! -i {br} -m addrtype ! --dst-type LOCAL -j DROP"]
 
 
-def egress_rules(net: NetworkSpec, docker_stages: bool) -> list[str]:
-    """The ``<P>-EGRESS`` rules of one non-internal network. On engines with isolation stages
-    (20.10, 28), Docker's bridges are closed by its stage 2 chain, which drops what enters
-    them from elsewhere; pynet sends its own traffic through it, as Docker does its own."""
+def isolation_rules(net: NetworkSpec) -> list[str]:
+    """The ``<P>-ISOLATION`` rule of one network (engines with isolation stages)."""
     br = net.bridge
-    stage = [f"-i {br} ! -o {br} -j {DOCKER_ISOLATION_2}"] if docker_stages else []
-    return [*stage, f"-i {br} -j ACCEPT"]
+    if net.internal:
+        return [f"-i {br} ! -o {br} -j DROP"]
+    return [f"-i {br} ! -o {br} -m conntrack ! --ctstate DNAT -j {DOCKER_ISOLATION_2}"]
 
 
 def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]:
@@ -258,6 +271,7 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     """
     forward: list[str] = []
     egress: list[str] = []
+    isolation: list[str] = []
     raw: list[str] = []
     filter_ports: list[str] = []
     dnat: list[str] = []
@@ -265,9 +279,10 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     for net in networks:
         forward += network_filter_rules(c, net)
         raw += network_raw_rules(net)
+        isolation += isolation_rules(net) if docker_stages else []
         if net.internal:
             continue
-        egress += egress_rules(net, docker_stages)
+        egress.append(f"-i {net.bridge} -j ACCEPT")
         br = net.bridge
         if net.masquerade:
             post.append(f"-s {net.subnet} ! -o {br} -j MASQUERADE")
@@ -285,20 +300,24 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     rules = RuleSet()
     rules.chains["filter"] = {c.forward: forward, c.egress: egress,
                               c.ports: list(dict.fromkeys(filter_ports))}
+    if docker_stages:
+        rules.chains["filter"][c.isolation] = isolation
     rules.chains["nat"] = {c.dnat: dnat, c.postrouting: list(dict.fromkeys(post))}
     rules.chains["raw"] = {c.raw: raw}
-    rules.hooks = hooks(c)
+    rules.hooks = hooks(c, docker_stages)
     rules.retired = c.retired()
     return rules
 
 
-def hooks(c: Chains) -> list[Hook]:
+def hooks(c: Chains, docker_stages: bool = False) -> list[Hook]:
     """The jumps into pynet's chains, each as iptables-save prints it."""
+    stage = [Hook("filter", DOCKER_ISOLATION_1, f"-j {c.isolation}")] if docker_stages else []
     return [
         Hook("filter", "FORWARD", f"-j {c.forward}", after=(DOCKER_USER,),
-             before=(DOCKER_FORWARD,)),
+             before=(DOCKER_FORWARD, c.egress)),
         Hook("filter", "FORWARD", f"-j {c.egress}",
              after=(DOCKER_USER, DOCKER_FORWARD, DOCKER_ISOLATION_1, c.forward), last=True),
+        *stage,
         Hook("nat", "PREROUTING", f"! -d {LOOPBACK} -m addrtype --dst-type LOCAL -j {c.dnat}"),
         Hook("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {c.dnat}"),
         Hook("nat", "POSTROUTING", f"-j {c.postrouting}"),

@@ -168,7 +168,7 @@ def one(**kwargs: object) -> NetworkSpec:
 
 FORWARD_RULES = ["-o pt-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                  "-o pt-br0 -j PT-PORTS", "-i pt-br0 -o pt-br0 -j ACCEPT", "-o pt-br0 -j DROP"]
-RAW_RULES = ["-d 127.0.0.0/8 -i pt-br0 -j DROP",
+RAW_RULES = ["-s 127.0.0.0/8 -i pt-br0 -j DROP", "-d 127.0.0.0/8 -i pt-br0 -j DROP",
              "-d 10.231.130.0/24 ! -i pt-br0 -m addrtype ! --dst-type LOCAL -j DROP"]
 
 
@@ -197,12 +197,11 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
     if internal:
         assert f["PT-FORWARD"] == intra + ["-o pt-br0 -j DROP", "-i pt-br0 -j DROP"]
         assert f["PT-EGRESS"] == []
-        assert raw == RAW_RULES[1:]  # no route_localnet on internal bridges
+        assert raw == RAW_RULES[2:]  # no route_localnet on internal bridges
         assert nat == {"PT-DNAT": [], "PT-POSTROUTING": []}
     else:
         assert f["PT-FORWARD"] == FORWARD_RULES[:2] + intra + FORWARD_RULES[3:]
-        stage = ["-i pt-br0 ! -o pt-br0 -j DOCKER-ISOLATION-STAGE-2"] if docker_stages else []
-        assert f["PT-EGRESS"] == stage + ["-i pt-br0 -j ACCEPT"]
+        assert f["PT-EGRESS"] == ["-i pt-br0 -j ACCEPT"]
         assert raw == RAW_RULES
         masq = "-s 10.231.130.0/24 ! -o pt-br0 -j MASQUERADE"
         assert (masq in nat["PT-POSTROUTING"]) == masquerade
@@ -211,15 +210,18 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
         assert (peer in f["PT-PORTS"]) == (not icc)
         assert nat["PT-DNAT"] == [
             "-p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.231.130.2:80"]
-    assert rules.hooks == hooks(C)
+    isolation = ("-i pt-br0 ! -o pt-br0 -j DROP" if internal else
+                 "-i pt-br0 ! -o pt-br0 -m conntrack ! --ctstate DNAT -j DOCKER-ISOLATION-STAGE-2")
+    assert f.get("PT-ISOLATION") == ([isolation] if docker_stages else None)
+    assert rules.hooks == hooks(C, docker_stages)
 
 
 def test_trusted_host_interfaces_may_route_to_published_ports() -> None:
     port = PortSpec("pt-br0", CIP, "tcp", 80, None, 18080, trusted=("eth1", "vpn0"))
     rules = render(C, [one(trusted=("eth1", "vpn0"))], [port], False)
     assert rules.chains["raw"]["PT-RAW"] == [
-        RAW_RULES[0], "-d 10.231.130.0/24 -i eth1 -j RETURN",
-        "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[1]]
+        *RAW_RULES[:2], "-d 10.231.130.0/24 -i eth1 -j RETURN",
+        "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[2]]
     assert rules.chains["filter"]["PT-PORTS"][1:] == [
         "-d 10.231.130.2/32 -i eth1 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT",
         "-d 10.231.130.2/32 -i vpn0 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT"]
@@ -283,7 +285,7 @@ def test_newest_network_comes_first() -> None:
 def test_no_networks_leave_every_chain_empty(docker_stages: bool) -> None:
     rules = render(C, [], [], docker_stages)
     assert all(not r for table in rules.chains.values() for r in table.values())
-    assert rules.hooks == hooks(C)
+    assert rules.hooks == hooks(C, docker_stages)
 
 
 # -- hook placement --------------------------------------------------------------------------
@@ -329,14 +331,16 @@ def test_misplaced_hook_moves_right_below_the_jumps(chain: list[str], position: 
     ([USER, "-j PT-FORWARD", "-j PT-EGRESS", DFWD], False),  # dockerd appended its jump
     ([USER, "-j PT-EGRESS", "-j PT-FORWARD", DFWD], False),
     ([USER, "-j PT-FORWARD", DFWD], False),  # missing
+    ([USER, "-j PT-FORWARD", DFWD, "-j REJECT --reject-with icmp-host-prohibited",
+      "-j PT-EGRESS"], False),  # a catch-all above (firewalld, iptables-services)
 ])
-def test_egress_hook_goes_below_dockerd_and_pynets_forward_jump(chain: list[str],
-                                                                stays: bool) -> None:
+def test_egress_hook_goes_right_below_dockerd_and_pynets_forward_jump(chain: list[str],
+                                                                      stays: bool) -> None:
     fix = hook_fix(EGRESS_HOOK, chain)
     if stays:
         assert fix == []
     else:
-        assert fix[-1] == "-A FORWARD -j PT-EGRESS"
+        assert fix[-1] == "-I FORWARD 4 -j PT-EGRESS"  # [USER, PT-FORWARD, DFWD, here]
         assert fix[:-1] == ["-D FORWARD -j PT-EGRESS"] * chain.count("-j PT-EGRESS")
 
 
@@ -365,7 +369,10 @@ def test_first_apply_builds_chains_and_hooks_then_nothing_changes(text: str, sta
     forward = after.chain("filter", "FORWARD") or []
     assert forward.index("-j PT-FORWARD") == forward_at  # below DOCKER-USER (and 20.10's
     # drop-only stage 1), above DOCKER-FORWARD
-    assert forward[-1] == "-j PT-EGRESS"  # below everything dockerd decides
+    dockers = [i for i, r in enumerate(forward) if r in (DFWD, "-j PT-FORWARD")]
+    assert forward.index("-j PT-EGRESS") == max(dockers) + 1  # right below dockerd's say
+    assert ("-j PT-ISOLATION" in (after.chain("filter", "DOCKER-ISOLATION-STAGE-1") or [])) \
+        == stages
     assert "-j PT-RAW" in (after.chain("raw", "PREROUTING") or [])
     assert (after.chain("nat", "PREROUTING") or [])[0] == \
         "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j PT-DNAT"
@@ -436,7 +443,7 @@ def test_two_instances_settle_without_moving_each_other() -> None:
     dump = converge(theirs, dump)
     assert build_batch(mine, dump) is None
     assert dump.tables["filter"]["FORWARD"] == [
-        USER, "-j PT-FORWARD", "-j OT-FORWARD", DFWD, "-j PT-EGRESS", "-j OT-EGRESS"]
+        USER, "-j PT-FORWARD", "-j OT-FORWARD", DFWD, "-j OT-EGRESS", "-j PT-EGRESS"]
 
 
 def test_an_earlier_releases_chains_and_hooks_are_removed() -> None:
@@ -476,3 +483,17 @@ def test_teardown_removes_every_hook_and_chain(text: str) -> None:
 ])
 def test_dockers_layout_is_told_from_its_chains(text: str, layout: str) -> None:
     assert docker_layout(parse_save(text).tables["filter"]) == layout
+
+
+def test_an_earlier_releases_chains_are_removed_where_docker_had_no_stages() -> None:
+    """Without Docker's stages the earlier release jumped to its isolation chain from its own
+    FORWARD chain: the rewrite of that chain and the removal must not both delete the jump."""
+    old = parse_save(NO_DOCKER)
+    old.tables["filter"].update({
+        "PT-FORWARD": ["-j PT-ISOLATION-1", "-o pt-br0 -j PT-PORTS",
+                       "-i pt-br0 ! -o pt-br0 -j ACCEPT"],
+        "PT-ISOLATION-1": ["-i pt-br0 ! -o pt-br0 -j PT-ISOLATION-2"],
+        "PT-ISOLATION-2": ["-o pt-br0 -j DROP"], "PT-PORTS": []})
+    old.tables["filter"]["FORWARD"] = ["-j PT-FORWARD"]
+    after = converge(ports_rules(False), old)
+    assert after.tables == converge(ports_rules(False), parse_save(NO_DOCKER)).tables

@@ -122,8 +122,7 @@ PREVIOUS_RELEASE = {
                         "com.docker.network.driver.mtu": "1400"}}}}
 
 
-def test_a_database_of_the_previous_release_is_migrated(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def previous_release_database(state: Path, record: dict) -> None:
     state.mkdir(mode=0o700)
     old = sqlite3.connect(state / "pynet.db")
     old.executescript("""
@@ -132,9 +131,37 @@ def test_a_database_of_the_previous_release_is_migrated(tmp_path: Path) -> None:
         CREATE TABLE endpoints (id TEXT PRIMARY KEY, network_id TEXT NOT NULL,
                                 state TEXT NOT NULL, data TEXT NOT NULL);""")
     old.execute("INSERT INTO networks VALUES (?, ?, ?, ?)",
-                ("a" * 64, "pn-aaaaaaaaaaaa", "ready", json.dumps(PREVIOUS_RELEASE)))
+                (record["id"], record["bridge"], record["state"], json.dumps(record)))
     old.commit()
     old.close()
+
+
+def test_options_the_previous_release_ignored_stay_ignored(tmp_path: Path) -> None:
+    """It built networks without them: an odd value must not stop pynet from starting, and a
+    trusted interface must not open a network that was built closed."""
+    record = json.loads(json.dumps(PREVIOUS_RELEASE))
+    record["request"]["Options"]["com.docker.network.generic"].update({
+        "com.docker.network.bridge.gateway_mode_ipv4": "bogus",
+        "com.docker.network.bridge.trusted_host_interfaces": "eth0"})
+    previous_release_database(tmp_path / "state", record)
+    (network,) = Store(str(tmp_path / "state")).networks()
+    assert network.config.trusted_host_interfaces == ()
+
+
+def test_only_the_owner_migrates_but_everyone_reads(tmp_path: Path) -> None:
+    """``pynet status`` may run beside an older server still serving the old records."""
+    previous_release_database(tmp_path / "state", PREVIOUS_RELEASE)
+    reader = Store(str(tmp_path / "state"), migrate=False)
+    (network,) = reader.networks()
+    assert network.config.subnet == ipaddress.IPv4Network("10.231.7.0/24")
+    assert reader._db.execute("PRAGMA user_version").fetchone()[0] == 0
+    stored = reader._db.execute("SELECT data FROM networks").fetchone()[0]
+    assert "request" in json.loads(stored)
+
+
+def test_a_database_of_the_previous_release_is_migrated(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    previous_release_database(state, PREVIOUS_RELEASE)
     store = Store(str(state))
     (record,) = store.networks()
     assert record.state == READY and record.bridge == "pn-aaaaaaaaaaaa"

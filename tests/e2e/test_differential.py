@@ -470,8 +470,10 @@ def test_flushed_chains_and_a_deleted_jump_are_restored(pynet_world: World,
     prefix = str(w.prefix)
     repaired = repairs(pynet)
     c = Chains(prefix)
+    present = iptables_save()  # the isolation chain exists only beside Docker's stages
     run(["iptables-restore", "--noflush"], input="\n".join([
-        "*filter", *(f"-F {chain}" for chain in c.owned()["filter"]),
+        "*filter", *(f"-F {chain}" for chain in c.owned()["filter"]
+                     if f":{chain} " in present),
         f"-D FORWARD -j {c.forward}", "COMMIT",
         "*nat", f"-F {c.dnat}", f"-F {c.postrouting}", "COMMIT",
         "*raw", f"-F {c.raw}", "COMMIT", ""]))

@@ -189,9 +189,7 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
               "12 characters of one id that 'pynet status' shows", file=sys.stderr)
         return 2
     network = found[0]
-    for endpoint in store.endpoints(network.id):
-        store.mark_deleting("endpoints", endpoint.id)
-    store.mark_deleting("networks", network.id)
+    store.mark_network_deleting(network.id)
     when = ("within the reconcile interval" if server_started(settings) is not None
             else "when pynet next starts")
     print(f"network {network.id[:12]} (bridge {network.bridge}) marked for removal; pynet "

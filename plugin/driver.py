@@ -286,13 +286,8 @@ class Driver:
     def delete_network(self, ref: protocol.NetworkRef) -> None:
         """Mark the network (and any endpoint dockerd left) for the reaper; unknown ids are
         fine."""
-        record = self.store.network(ref.network_id)
-        if record is None:
+        if not self.store.mark_network_deleting(ref.network_id):
             return
-        for endpoint in self.store.endpoints(record.id):
-            self.store.mark_deleting("endpoints", endpoint.id)
-        record.state = DELETING
-        self.store.put_network(record)
         checkpoint("delete_network.marked")
         self.deletes.wake()
 

@@ -244,6 +244,16 @@ class Store:
                               " WHERE id = ?", (DELETING, DELETING, object_id))
         return done.rowcount > 0
 
+    def mark_network_deleting(self, network_id: str) -> bool:
+        """Flag a network and every endpoint it still has for the reaper, in one transaction
+        (a DeleteNetwork, or ``pynet forget``). True if the network exists."""
+        with self._tx() as db:
+            db.execute("UPDATE endpoints SET state = ?, data = json_set(data, '$.state', ?) "
+                       "WHERE network_id = ?", (DELETING, DELETING, network_id))
+            done = db.execute("UPDATE networks SET state = ?, data = json_set(data, '$.state', "
+                              "?) WHERE id = ?", (DELETING, DELETING, network_id))
+        return done.rowcount > 0
+
     def mark_confirmed(self, network_id: str, when: float) -> None:
         """Note that dockerd named the network at ``when`` (one field: see mark_deleting)."""
         with self._tx(flushed=False) as db:

@@ -237,7 +237,7 @@ def isolation_rules(net: NetworkSpec) -> list[str]:
     return [f"-i {br} ! -o {br} -m conntrack ! --ctstate DNAT -j {DOCKER_ISOLATION_2}"]
 
 
-def port_rules(c: Chains, p: PortSpec) -> tuple[list[str], list[str], list[str]]:
+def port_rules(p: PortSpec) -> tuple[list[str], list[str], list[str]]:
     """(filter PORTS, nat DNAT, nat POSTROUTING) rules of one published port.
 
     The accept needs the connection to be DNATed: a packet routed to the container address
@@ -291,7 +291,7 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
         # source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
         post.append(f"-s {LOOPBACK} -o {br} -j MASQUERADE")
     for p in ports:
-        accept, nat_dnat, nat_post = port_rules(c, p)
+        accept, nat_dnat, nat_post = port_rules(p)
         filter_ports += accept
         dnat += nat_dnat
         post += nat_post

@@ -243,6 +243,54 @@ def iptables_save() -> str:
     return run(["iptables-save"]).stdout
 
 
+def nft_objects(name: str) -> list[str]:
+    """A pynet instance's nftables table (when it writes nftables) as sorted lines, one per
+    chain, rule, set and element, without handles: equal for equal content, whatever order
+    the kernel lists hash set elements in. Empty if there is no table."""
+    done = run(["nft", "-j", "list", "table", "inet", name], check=False)
+    if done.returncode != 0:
+        return []
+    lines: list[str] = []
+    for item in json.loads(done.stdout)["nftables"]:
+        for kind, body in item.items():
+            if kind == "metainfo":
+                continue
+            body = {k: v for k, v in body.items() if k != "handle"}
+            lines += [f"{kind} {body['name']} element {json.dumps(e, sort_keys=True)}"
+                      for e in body.pop("elem", [])]
+            lines.append(f"{kind} {json.dumps(body, sort_keys=True)}")
+    return sorted(lines)
+
+
+def nft_host_port(name: str, address: str, port: int, proto: str) -> int | None:
+    """The host port a pynet instance that writes nftables forwards to ``address:port``."""
+    for line in nft_objects(name):
+        if line.startswith(("map port_any element", "map port_host element")):
+            key, value = json.loads(line.split(" element ", 1)[1])
+            if value["concat"] == [address, port] and key["concat"][-2] == proto:
+                return int(key["concat"][-1])
+    return None
+
+
+def instance_firewall(name: str) -> list[str]:
+    """Everything in the firewall that is a pynet instance's: its iptables chains and the
+    jumps to them, and its nftables table."""
+    prefix = f"{name.upper()}-"
+    return ([line for line in iptables_save().splitlines()
+             if prefix in line and not line.startswith("#")]
+            + nft_objects(name))
+
+
+@functools.cache
+def pynet_firewall() -> str:
+    """The firewall backend a pynet instance started by the tests writes: the
+    PYNET_FIREWALL_BACKEND they pass on, with ``auto`` resolved as pynet resolves it."""
+    choice = os.environ.get("PYNET_FIREWALL_BACKEND", "auto")
+    if choice != "auto":
+        return choice
+    return "nftables" if firewall_backend() == "nftables" else "iptables"
+
+
 def stable_iptables_save(timeout: float = 10.0) -> str:
     """iptables-save once two reads in a row agree (dockerd reorders jumps non-atomically)."""
     previous = [iptables_save()]

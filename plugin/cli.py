@@ -16,7 +16,10 @@ from plugin.app import create_app
 from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
+from plugin.firewall.choice import Selected
 from plugin.firewall.iptables import IPTables
+from plugin.firewall.libnft import Nft
+from plugin.firewall.nftables import NFTables, dockerd_nftables
 from plugin.firewall.rules import Chains
 from plugin.netlink import Netlink
 from plugin.owner import claim, server_started
@@ -33,7 +36,17 @@ def build_driver(settings: Settings, owner: bool = True) -> Driver:
     (owner.py) migrates records of an earlier release."""
     sysctl = Sysctl(settings.sysctl_root)
     return Driver(settings, Store(settings.state_dir, migrate=owner), Netlink(), sysctl,
-                  IPTables(Chains(settings.chain_prefix)), PortReservations(sysctl))
+                  build_firewall(settings), PortReservations(sysctl))
+
+
+def build_firewall(settings: Settings) -> Selected:
+    """The firewall backend the settings choose (iptables chains named by the instance's
+    prefix, or its nftables table named by the instance)."""
+    nft = Nft()
+    return Selected(settings.firewall_backend,
+                    {"iptables": IPTables(Chains(settings.chain_prefix)),
+                     "nftables": NFTables(settings.name, nft)},
+                    lambda: dockerd_nftables(nft))
 
 
 def setup_logging(level: str) -> None:
@@ -163,7 +176,7 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
                                    "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
                                              for p in e.ports]} for e in endpoints]})
     print(json.dumps(out, indent=2))
-    print(f"firewall: {IPTables(Chains(settings.chain_prefix)).layout()}", file=sys.stderr)
+    print(f"firewall: {build_firewall(settings).layout()}", file=sys.stderr)
     return 0
 
 
@@ -206,7 +219,8 @@ def _uninstall(settings: Settings, _args: argparse.Namespace) -> int:
         return 1
     driver = build_driver(settings)
     removed = driver.firewall.remove_all()
-    print("removed pynet's iptables chains and jumps" if removed else "nothing to remove")
+    print("removed pynet's firewall rules (iptables chains and jumps, nftables table)"
+          if removed else "nothing to remove")
     return 0
 
 
@@ -220,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--socket-dir", help="where the socket goes (/run/docker/plugins)")
     common.add_argument("--sysctl-root", help="writable /proc/sys tree")
     common.add_argument("--log-level", help="debug, info, warning or error")
+    common.add_argument("--firewall-backend", help="auto (default), iptables or nftables")
     after = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for action in common._actions:
         after.add_argument(*action.option_strings, help=action.help)
@@ -229,14 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", parents=[after], help="print the networks and endpoints pynet has")
     rec = sub.add_parser("reconcile", parents=[after], help="repair the kernel from the records")
     rec.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    sub.add_parser("uninstall", parents=[after], help="remove pynet's iptables chains and jumps")
+    sub.add_parser("uninstall", parents=[after], help="remove pynet's firewall rules")
     forget = sub.add_parser("forget", parents=[after],
                             help="remove a network dockerd no longer has")
     forget.add_argument("network", help="the network's id (12 characters or more)")
     args = parser.parse_args(argv)
     try:
         settings = from_env(name=args.name, state_dir=args.state_dir, socket_dir=args.socket_dir,
-                            sysctl_root=args.sysctl_root, log_level=args.log_level)
+                            sysctl_root=args.sysctl_root, log_level=args.log_level,
+                            firewall_backend=args.firewall_backend)
         setup_logging(settings.log_level)
         handler = {"serve": _serve, "status": _status, "reconcile": _reconcile,
                    "uninstall": _uninstall, "forget": _forget}[args.command]

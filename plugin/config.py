@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from plugin.errors import InvalidRequest
+from plugin.firewall.choice import CHOICES
 from plugin.firewall.rules import Chains
 from plugin.protocol import ID_LENGTH
 
@@ -36,6 +37,7 @@ class Settings:
     reconcile_interval: float = 5.0
     call_deadline: float = 10.0
     socket_name: str = ""
+    firewall_backend: str = "auto"  # see plugin/firewall/choice.py
 
     @property
     def socket_path(self) -> str:
@@ -69,6 +71,7 @@ def from_env(**overrides: object) -> Settings:
         "reconcile_interval": _float("PYNET_RECONCILE_INTERVAL", 5.0),
         "call_deadline": _float("PYNET_CALL_DEADLINE", 10.0),
         "socket_name": env.get("PYNET_SOCKET_NAME", ""),
+        "firewall_backend": env.get("PYNET_FIREWALL_BACKEND", "auto"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -79,6 +82,9 @@ def from_env(**overrides: object) -> Settings:
     if settings.socket_name and os.path.basename(settings.socket_name) != settings.socket_name:
         raise InvalidRequest(f"PYNET_SOCKET_NAME {settings.socket_name!r} must be a file name, "
                              "not a path; the directory is PYNET_SOCKET_DIR")
+    if settings.firewall_backend not in CHOICES:
+        raise InvalidRequest(f"firewall backend {settings.firewall_backend!r} is invalid: use "
+                             f"{', '.join(CHOICES)} (PYNET_FIREWALL_BACKEND)")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise InvalidRequest(f"log level {settings.log_level!r} is invalid: use debug, info, "
                              "warning or error")

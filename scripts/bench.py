@@ -298,7 +298,7 @@ def clean_up(lab: Lab, inst: Instance, keep_log: bool, log: Callable[[str], None
     log_text = Path(inst.log_path).read_text(errors="replace") \
         if os.path.exists(inst.log_path) else ""
     leftovers = purge_instance(inst)
-    if any(item.startswith("iptables") for item in lab.leftovers(inst.name)):
+    if any(item.startswith(("iptables", "nftables")) for item in lab.leftovers(inst.name)):
         # uninstall refuses while records remain; a record whose network dockerd already
         # dropped (pynet refused its DeleteNetwork) is one. The instance is gone: force it.
         with tempfile.TemporaryDirectory() as empty:

@@ -21,7 +21,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${PYNET_PLUGIN_CACHE:-/var/cache/pynet-plugin}
 SUITE=${PYNET_PLUGIN_SUITE:-bookworm}
 PYVER=3.11
-INCLUDE=python3,python3-venv,iptables
+INCLUDE=python3,python3-venv,iptables,libnftables1
 # Debian's 20.10 client when present: it speaks the daemon's API natively (reference P13).
 DOCKER=$([ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)
 
@@ -82,7 +82,7 @@ host_mirror() {
     done | grep -E '^(https?|file)://' | head -n1
 }
 
-# Debian base with python3, venv and iptables, as a tar in the cache (debootstrap is the slow
+# Debian base with python3, venv, iptables and libnftables, as a tar in the cache (debootstrap is the slow
 # part: ~50 s). Locked, so two builds at once make it once.
 base_tar() {
     local key tar mirror tmp proxy=""

@@ -13,6 +13,7 @@ from lab import (
     docker,
     docker_ok,
     links,
+    nft_objects,
     run,
 )
 from lab.bench import BRIDGE, POOL, SUBNET_PREFIX
@@ -95,6 +96,8 @@ class Lab:
         left += [f"iptables chain {line.split()[0][1:]}"
                  for line in run(["iptables-save"]).stdout.splitlines()
                  if line.startswith(chains)]
+        if nft_objects(instance):
+            left.append(f"nftables table inet {instance}")
         return left
 
 

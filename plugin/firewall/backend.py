@@ -3,7 +3,8 @@
 The driver and the reconciler hand a backend what the records ask for (``Desired``: network
 and port specs, from ``rules.desired_from_records``) and never see rules: how those become
 rules, where they are hooked and how they are written is the backend's (``iptables.IPTables``
-for every Docker engine's iptables layout; a stub stands in for unit tests). A backend is
+for every Docker engine's iptables layout, ``nftables.NFTables`` for a table of pynet's own,
+``choice.Selected`` for the one the settings pick; a stub stands in for unit tests). A backend is
 given a function rather than a value because it may need to read the records again: a write
 that raced with dockerd is retried, and must not write what the records said before.
 """
@@ -17,7 +18,10 @@ from plugin.firewall.rules import Desired
 class Firewall(Protocol):
     """A firewall backend."""
 
-    name: str  # for the log: "repair <name>: ..."
+    @property
+    def name(self) -> str:
+        """For the log ("repair <name>: ...") and ``pynet status``."""
+        ...
 
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:

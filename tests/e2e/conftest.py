@@ -5,8 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import Subnets
-from tests.e2e.differential import Lab
+from lab import Instance, Subnets, pynet_firewall
+from tests.e2e.differential import PYNET, Lab, World
 
 
 class PortPool:
@@ -36,3 +36,29 @@ def lab(dockerd: None, subnets: Subnets, port_pool: PortPool) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
+
+
+@pytest.fixture
+def pynet_iptables() -> None:
+    """For tests of pynet's iptables chains: pynet writes nftables on this host (dockerd runs
+    its nftables backend), where tests/e2e/test_nftables.py checks the same of its table."""
+    if pynet_firewall() != "iptables":
+        pytest.skip("pynet writes nftables here; test_nftables.py covers its table")
+
+
+@pytest.fixture
+def pynet_nftables() -> None:
+    """For tests of pynet's nftables table: pynet writes iptables on this host (dockerd runs
+    its iptables backend), where the differential tests check its chains."""
+    if pynet_firewall() != "nftables":
+        pytest.skip("pynet writes iptables here; the differential tests cover its chains")
+
+
+@pytest.fixture
+def pynet_world(lab: Lab, pynet: Instance) -> Iterator[World]:
+    """A pynet run outside the differential, for tests of pynet alone."""
+    world = World(lab, PYNET, pynet.name)
+    try:
+        yield world
+    finally:
+        world.close()

@@ -24,6 +24,9 @@ from lab import (
     docker_ok,
     firewall_backend,
     link,
+    nft_host_port,
+    nft_objects,
+    pynet_firewall,
     stable_iptables_save,
     wait_for,
 )
@@ -263,6 +266,9 @@ class World:
         if cell.port in self.lab.ports:
             return self.lab.ports[cell.port]
         _, where, container_port = cell.port.split(":")
+        if self.prefix is not None and pynet_firewall() == "nftables":
+            return nft_host_port(self.driver, self.address(where), int(container_port),
+                                 cell.proto)
         if self.prefix is None:  # Docker's port map (no DNAT rule with its nftables backend)
             ctr = self.ctrs[where.split("@")[0]]
             shown = docker("port", ctr, f"{container_port}/{cell.proto}", check=False).stdout
@@ -272,8 +278,11 @@ class World:
         return host_port(save, chain, f"{self.address(where)}:{container_port}", cell.proto)
 
     def rules(self, save: str | None = None) -> dict[str, list[str]]:
-        """This run's rules, normalized."""
-        return scenario_rules(save or stable_iptables_save(30), self.tokens(), self.prefix)
+        """This run's rules, normalized; a pynet that writes nftables adds its table."""
+        rules = scenario_rules(save or stable_iptables_save(30), self.tokens(), self.prefix)
+        if self.prefix is not None and pynet_firewall() == "nftables":
+            rules["nftables"] = [self.tokens().apply(line) for line in nft_objects(self.driver)]
+        return rules
 
     def matrix(self, cells: dict[Cell, str], save: str) -> dict[str, str]:
         """Probe every cell in parallel; results with addresses as tokens."""

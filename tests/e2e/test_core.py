@@ -11,10 +11,12 @@ from lab import (
     addresses,
     docker,
     engine,
+    instance_firewall,
     iptables_save,
     link,
     links,
     new_instance,
+    nft_objects,
     purge_instance,
     run,
     wait_for,
@@ -120,7 +122,7 @@ def test_demo_create_run_ping_by_name_and_remove(pynet: Instance, res: Resources
     wait_reaped(pynet)  # the bridge goes just after the reply (see README, deletes)
     assert link(br) is None
     assert str(subnet) not in run(["ip", "route"]).stdout
-    assert br not in iptables_save()
+    assert br not in iptables_save() + "".join(nft_objects(pynet.name))
 
 
 def test_two_containers_talk_by_ip_and_name(pynet: Instance, res: Resources) -> None:
@@ -197,14 +199,14 @@ def test_refused_options_leave_nothing(pynet: Instance, res: Resources, opts: li
                                        message: str) -> None:
     wait_reaped(pynet)  # the previous test's removals must not end inside this one
     before_links = {item["ifname"] for item in links()}
-    before_rules = iptables_save().count("\n-A ")
+    before_rules = instance_firewall(pynet.name)
     done = docker("network", "create", "-d", pynet.name, "--subnet", str(res.subnets.take()),
                   *opts, f"pt-{res.tag}-bad", check=False)
     assert done.returncode != 0
     assert message in done.stderr
     assert docker("network", "ls", "-q", "--filter", f"name=pt-{res.tag}-bad").stdout == ""
     assert {item["ifname"] for item in links()} == before_links
-    assert iptables_save().count("\n-A ") == before_rules
+    assert instance_firewall(pynet.name) == before_rules
 
 
 def test_second_network_on_the_same_bridge_name_is_refused(pynet: Instance,
@@ -212,8 +214,8 @@ def test_second_network_on_the_same_bridge_name_is_refused(pynet: Instance,
     br = f"pn-{res.tag}"
     first = res.network(pynet.name, "-o", f"com.docker.network.bridge.name={br}")
     def own_rules() -> list[str]:  # other tests may be changing theirs meanwhile
-        prefix = pynet.name.upper()
-        return [r for r in iptables_save().splitlines() if prefix in r or br in r]
+        return instance_firewall(pynet.name) + [r for r in iptables_save().splitlines()
+                                                if br in r]
     rules = own_rules()
     done = docker("network", "create", "-d", pynet.name, "--subnet", str(res.subnets.take()),
                   "-o", f"com.docker.network.bridge.name={br}", f"pt-{res.tag}-dup", check=False)

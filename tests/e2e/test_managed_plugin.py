@@ -30,9 +30,10 @@ from lab import (
     docker_ok,
     dockerd_log,
     free_port,
-    iptables_save,
+    instance_firewall,
     links,
     privileges,
+    pynet_firewall,
     restart_dockerd,
     run,
     wait_for,
@@ -130,8 +131,8 @@ class Plugin:
             if item.get("ifalias", "").startswith(alias):
                 leftovers.append(f"link {item['ifname']}")
                 run(["ip", "link", "del", item["ifname"]], check=False)
-        if f":{self.name.upper()}-" in iptables_save():
-            leftovers.append(f"iptables chains {self.name.upper()}-*")
+        if instance_firewall(self.name):
+            leftovers.append(f"firewall rules of {self.name}")
             run([PYNET, "--name", self.name, "--state-dir", str(self.state_dir), "uninstall"],
                 check=False)
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -255,6 +256,12 @@ def test_two_containers_ping_each_other(plugin: Plugin, res: Resources) -> None:
     assert pings(a, container_ip(b, net))
     assert pings(b, a)  # by name: dockerd's embedded DNS
     assert pings(a, gateway(net))
+    # The plugin's rootfs has what its firewall backend needs (libnftables, iptables).
+    bridge = docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()[:12]
+    written = instance_firewall(plugin.name)
+    assert any(f"pn-{bridge}" in line for line in written), written
+    assert any(line.startswith(("table", "chain")) for line in written) == \
+        (pynet_firewall() == "nftables")
 
 
 def test_calls_reach_dockerd_log_at_info_with_duration(plugin: Plugin, res: Resources) -> None:

@@ -96,14 +96,16 @@ def test_wedged_iptables_fails_the_call_with_a_clear_error(app: App, tool: str, 
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     app.driver.ready.set()
-    stub = tmp_path / f"iptables-{app.driver.firewall.backend}-{tool}"
+    # In a namespace of its own dockerd's nftables table is absent: auto writes iptables.
+    backend = app.driver.firewall.backends["iptables"].backend  # type: ignore[attr-defined]
+    stub = tmp_path / f"iptables-{backend}-{tool}"
     stub.write_text("#!/bin/sh\nexec sleep 600\n")  # exec: the timeout kills the sleeper
     stub.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(iptables, "TIMEOUT", 0.5)
     body = network()
     reply, took = app.call("CreateNetwork", body)
-    assert f"iptables-{app.driver.firewall.backend}-{tool}" in reply["Err"], reply
+    assert f"iptables-{backend}-{tool}" in reply["Err"], reply
     assert "timed out" in reply["Err"], reply
     budget = 2 * iptables.TIMEOUT + SLACK  # the call's sync and its rollback's, no retries
     assert took < budget, f"took {took:.1f}s, over {budget:.1f}s"

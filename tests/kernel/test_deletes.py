@@ -24,6 +24,8 @@ from lab import (
     link,
     network_body,
     new_instance,
+    nft_host_port,
+    nft_objects,
     purge_instance,
     wait_for,
 )
@@ -37,19 +39,31 @@ from plugin.store import DELETING
 SUBNET = ipaddress.IPv4Network("10.231.250.0/24")
 
 
-@pytest.fixture
-def driver(tmp_path) -> Iterator[Driver]:
+@pytest.fixture(params=["iptables", "nftables"])
+def driver(tmp_path, request: pytest.FixtureRequest) -> Iterator[Driver]:
+    """A driver on the host with each firewall backend (these tests send no traffic)."""
     inst = new_instance()
-    d = build_driver(Settings(name=inst.name, state_dir=str(tmp_path), call_deadline=0.3))
+    d = build_driver(Settings(name=inst.name, state_dir=str(tmp_path), call_deadline=0.3,
+                              firewall_backend=request.param))
     d.ready.set()
     yield d
     d.reap()
     purge_instance(inst)
 
 
-
-
 call = driver_call
+
+
+def firewall_text(d: Driver) -> str:
+    """Everything the driver's firewall backend holds now (and dockerd's iptables rules)."""
+    return iptables_save() + "\n".join(nft_objects(d.settings.name))
+
+
+def forwarded(d: Driver, port: int) -> bool:
+    """Whether host port ``port`` is DNATed to 10.231.250.10:80."""
+    if d.firewall.name == "nftables":
+        return nft_host_port(d.settings.name, "10.231.250.10", 80, "tcp") == port
+    return f"--dport {port} -j DNAT --to-destination 10.231.250.10:80" in iptables_save()
 
 
 def network(client: FlaskClient, network_id: str, bridge: str) -> None:
@@ -89,7 +103,7 @@ def test_delete_is_answered_before_the_kernel_work(driver: Driver) -> None:
     wait_for("the reaper to finish (the record goes last)",
              lambda: driver.store.network(nid) is None)
     assert link(bridge) is None
-    assert bridge not in iptables_save()
+    assert bridge not in firewall_text(driver)
 
 
 def test_bridge_name_of_an_unfinished_delete_can_be_reused_at_once(driver: Driver) -> None:
@@ -118,16 +132,15 @@ def test_new_endpoint_on_an_unpublished_address_never_sees_the_old_port(
     assert call(client, "ProgramExternalConnectivity", {
         "NetworkID": nid, "EndpointID": old, "Options": {protocol.PORTMAP: [
             {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": port, "HostPortEnd": port}]}}) == {}
-    dnat = f"--dport {port} -j DNAT --to-destination 10.231.250.10:80"
-    assert dnat in iptables_save()
+    assert forwarded(driver, port)
     with driver.deletes.reap_lock:  # the reaper has not got to the unpublished rules yet
         ref = {"NetworkID": nid, "EndpointID": old}
         assert call(client, "RevokeExternalConnectivity", ref) == {}
         assert call(client, "DeleteEndpoint", ref) == {}
-        assert dnat in iptables_save()
+        assert forwarded(driver, port)
         assert "Err" not in call(client, "CreateEndpoint", {
             "NetworkID": nid, "EndpointID": new, "Interface": {"Address": address}})
-        assert dnat not in iptables_save(), "the new container would get the old port's traffic"
+        assert not forwarded(driver, port), "the new container would get the old port's traffic"
     for ref in ({"NetworkID": nid, "EndpointID": new}, {"NetworkID": nid}):
         method = "DeleteEndpoint" if "EndpointID" in ref else "DeleteNetwork"
         assert call(client, method, ref) == {}

@@ -1,0 +1,334 @@
+"""pynet's firewall as an nftables table of its own, ``table inet <instance name>``.
+
+The rules do what the iptables backend's do (``rules.py`` says why each exists), laid out so
+that neither a packet nor a change pays for the number of networks: every base chain looks the
+packet's bridge or subnet up in a verdict map and jumps to that network's chain, and published
+ports are set and map elements. A network create or rm is a few element and chain commands in
+one transaction; nothing is read back.
+
+* ``raw`` (prerouting, raw priority): loopback sources and destinations on a bridge are dropped;
+  ``ip daddr vmap @subnets`` jumps to ``raw-<BR>``, which lets through what comes from the
+  bridge, from a trusted host interface or is for a host address, and drops the rest (routing
+  to the containers directly).
+* ``forward`` (filter priority): ``oifname vmap @inbound`` jumps to ``in-<BR>``: replies,
+  DNATed connections to a published port (set ``@ports``), trusted interfaces to a published
+  port, the bridge's own traffic if icc; everything else is dropped. ``iifname vmap
+  @outbound`` drops what leaves an internal network.
+* nat: ``nat-prerouting`` (not from 127.0.0.0/8) and ``nat-output`` send packets for host
+  addresses to ``published`` (maps ``@port_host``: address . protocol . port, and
+  ``@port_any``: protocol . port); ``nat-postrouting`` masquerades hairpin connections (set
+  ``@hairpin``), 127.0.0.0/8 sources onto a bridge, and, via ``ip saddr vmap @masquerading`` and
+  ``masq-<BR>``, a subnet's traffic that leaves its bridge.
+
+An accept in one base chain is final only for that chain: every other table (dockerd's, or
+iptables-nft's) still sees the packet, and a drop anywhere is final. So pynet's drops hold
+whatever dockerd does, and pynet's containers get out only where nothing else drops their
+traffic: on a host where Docker 29 runs its nftables backend, which is where ``auto`` picks
+this backend (``select.py``).
+"""
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin.errors import KernelError
+from plugin.firewall.libnft import Nft
+from plugin.firewall.rules import LOOPBACK, Desired
+
+log = logging.getLogger(__name__)
+
+FAMILY = "inet"
+# Sets and maps: name -> nft specification (a map's has a ':').
+SETS: dict[str, str] = {
+    "bridges": "type ifname;",  # bridges of networks that are not internal
+    "subnets": "type ipv4_addr; flags interval;",
+    "own": "type ipv4_addr . ifname; flags interval;",  # subnet . its bridge
+    "trusted": "type ipv4_addr . ifname; flags interval;",  # subnet . a trusted interface
+    "masquerading": "type ipv4_addr; flags interval;",
+    "inbound": "type ifname : verdict;",
+    "outbound": "type ifname : verdict;",
+    "ports": "type ifname . ipv4_addr . inet_proto . inet_service;",
+    "hairpin": "type ipv4_addr . ipv4_addr . inet_proto . inet_service;",
+    "port_host": "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
+    "port_any": "type inet_proto . inet_service : ipv4_addr . inet_service;",
+}
+_PORT = "oifname . ip daddr . meta l4proto . th dport @ports"
+# Chains every table has: name -> (hook specification or None, rules).
+BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "raw": ("type filter hook prerouting priority raw; policy accept;", (
+        f"iifname @bridges ip saddr {LOOPBACK} drop",
+        f"iifname @bridges ip daddr {LOOPBACK} drop",
+        "ip daddr . iifname @own return",
+        "ip daddr . iifname @trusted return",
+        "ip daddr @subnets fib daddr type != local drop",
+    )),
+    "forward": ("type filter hook forward priority filter; policy accept;", (
+        "oifname vmap @inbound",
+        "iifname vmap @outbound",
+    )),
+    "published": (None, (
+        "dnat ip to ip daddr . meta l4proto . th dport map @port_host",
+        "dnat ip to meta l4proto . th dport map @port_any",
+    )),
+    "nat-prerouting": ("type nat hook prerouting priority dstnat; policy accept;", (
+        f"ip daddr != {LOOPBACK} fib daddr type local jump published",
+    )),
+    "nat-output": ("type nat hook output priority -100; policy accept;", (
+        "fib daddr type local jump published",
+    )),
+    "nat-postrouting": ("type nat hook postrouting priority srcnat; policy accept;", (
+        "ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade",
+        f"oifname @bridges ip saddr {LOOPBACK} masquerade",
+        "ip saddr @masquerading ip saddr . oifname != @own masquerade",
+    )),
+}
+
+
+@dataclass
+class NftState:
+    """What pynet's table holds beyond its fixed skeleton: the networks' chains (name ->
+    rules) and the elements of each set or map (key -> value, None in a set), all written as
+    nft reads them in."""
+
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    elements: dict[str, dict[str, str | None]] = field(
+        default_factory=lambda: {name: {} for name in SETS})
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
+
+
+def render(desired: Desired) -> NftState:
+    """The chains and elements for ``desired``."""
+    state = NftState()
+    el = state.elements
+    for net in desired.networks:
+        br, quoted, subnet = net.bridge, f'"{net.bridge}"', str(net.subnet)
+        el["subnets"][subnet] = None
+        el["own"][f"{subnet} . {quoted}"] = None
+        el["trusted"].update({f'{subnet} . "{name}"': None for name in net.trusted})
+        intra = (f"iifname {quoted} accept",) if net.icc else ()
+        if net.internal:
+            state.chains[f"in-{br}"] = (*intra, "drop")
+            el["outbound"][quoted] = "drop"
+        else:
+            via_trusted = ((f"iifname {_names(net.trusted)} {_PORT} accept",)
+                           if net.trusted else ())
+            state.chains[f"in-{br}"] = ("ct state established,related accept",
+                                        f"ct status dnat {_PORT} accept", *via_trusted,
+                                        *intra, "drop")
+            el["bridges"][quoted] = None
+            if net.masquerade:
+                el["masquerading"][subnet] = None
+        el["inbound"][quoted] = f"jump in-{br}"
+    for p in desired.ports:
+        ip, to = p.container_ip, f"{p.container_ip} . {p.port}"
+        el["ports"][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
+        el["hairpin"][f"{ip} . {ip} . {p.proto} . {p.port}"] = None
+        if p.host_ip is None:
+            el["port_any"][f"{p.proto} . {p.host_port}"] = to
+        else:
+            el["port_host"][f"{p.host_ip} . {p.proto} . {p.host_port}"] = to
+    return state
+
+
+def merged(old: NftState, new: NftState) -> NftState:
+    """``new`` plus what ``old`` has beyond it (an apply that only adds)."""
+    return NftState({**old.chains, **new.chains},
+                    {name: {**old.elements[name], **new.elements[name]} for name in SETS})
+
+
+def _kind(name: str) -> str:
+    return "map" if ":" in SETS[name] else "set"
+
+
+def _elements(verb: str, where: str, name: str, items: Mapping[str, str | None]) -> list[str]:
+    if not items:
+        return []
+    body = ", ".join(key if value is None or verb == "delete" else f"{key} : {value}"
+                     for key, value in items.items())
+    return [f"{verb} element {where} {name} {{ {body} }}"]
+
+
+def full_batch(table: str, state: NftState) -> str:
+    """The transaction that replaces pynet's table with one holding ``state`` (a table that
+    is not there is made first, so the delete cannot fail)."""
+    where = f"{FAMILY} {table}"
+    lines = [f"add table {where}", f"delete table {where}", f"add table {where}"]
+    lines += [f"add {_kind(name)} {where} {name} {{ {spec} }}" for name, spec in SETS.items()]
+    lines += [f"add chain {where} {name}" + (f" {{ {hook} }}" if hook else "")
+              for name, (hook, _) in BASE_CHAINS.items()]
+    lines += [f"add chain {where} {name}" for name in state.chains]
+    for name, rules in state.chains.items():
+        lines += [f"add rule {where} {name} {rule}" for rule in rules]
+    for name, (_, rules) in BASE_CHAINS.items():
+        lines += [f"add rule {where} {name} {rule}" for rule in rules]
+    for name in SETS:
+        lines += _elements("add", where, name, state.elements[name])
+    return "\n".join(lines) + "\n"
+
+
+def delta_batch(table: str, old: NftState, new: NftState) -> str | None:
+    """The transaction that turns ``old`` into ``new``; None if they are equal. Elements go
+    before the chains they jump to, and come after the chains they need."""
+    where = f"{FAMILY} {table}"
+    lines: list[str] = []
+    for name in SETS:
+        before, after = old.elements[name], new.elements[name]
+        lines += _elements("delete", where, name, {k: v for k, v in before.items()
+                                                   if k not in after or after[k] != v})
+    for name in old.chains.keys() - new.chains.keys():
+        lines += [f"flush chain {where} {name}", f"delete chain {where} {name}"]
+    for name, rules in new.chains.items():
+        if name not in old.chains:
+            lines.append(f"add chain {where} {name}")
+        elif old.chains[name] != rules:
+            lines.append(f"flush chain {where} {name}")
+        else:
+            continue
+        lines += [f"add rule {where} {name} {rule}" for rule in rules]
+    for name in SETS:
+        before, after = old.elements[name], new.elements[name]
+        lines += _elements("add", where, name, {k: v for k, v in after.items()
+                                                if k not in before or before[k] != v})
+    return "\n".join(lines) + "\n" if lines else None
+
+
+def _atom(value: Any, kind: str) -> str:
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    return f'"{value}"' if kind == "ifname" else str(value)
+
+
+def _text(value: Any, kinds: list[str]) -> str:
+    """A key or value of nft's JSON listing, written as ``render`` writes it."""
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(_atom(v, k) for v, k in zip(value["concat"], kinds, strict=True))
+    if isinstance(value, dict) and kinds == ["verdict"]:
+        (verdict, detail), = value.items()
+        return f"{verdict} {detail['target']}" if detail else verdict
+    return _atom(value, kinds[0])
+
+
+def _listed_elements(item: dict[str, Any]) -> dict[str, str | None]:
+    """The elements of a set or map object of nft's JSON listing."""
+    kinds = item["type"] if isinstance(item["type"], list) else [item["type"]]
+    values = item.get("map")  # a map's value type: "verdict", "ipv4_addr . inet_service"
+    value_kinds = values.split(" . ") if values else []
+    out: dict[str, str | None] = {}
+    for elem in item.get("elem", []):
+        if values is None:
+            out[_text(elem, kinds)] = None
+        else:
+            key, value = elem
+            out[_text(key, kinds)] = _text(value, value_kinds)
+    return out
+
+
+def differences(objects: list[dict[str, Any]], state: NftState) -> str | None:
+    """What the listed table lacks or has beyond ``state`` (a description), or None. Rules
+    are compared by number per chain; elements one by one."""
+    chains = {o["chain"]["name"] for o in objects if "chain" in o}
+    rules: dict[str, int] = {}
+    for o in objects:
+        if "rule" in o:
+            rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+    wanted = {name: len(r) for name, (_, r) in BASE_CHAINS.items()}
+    wanted.update({name: len(r) for name, r in state.chains.items()})
+    problems = [f"chain {name} is missing" for name in wanted if name not in chains]
+    problems += [f"chain {name} has {rules.get(name, 0)} rule(s), not {count}"
+                 for name, count in wanted.items()
+                 if name in chains and rules.get(name, 0) != count]
+    problems += [f"chain {name} is not pynet's" for name in sorted(chains - wanted.keys())]
+    listed = {o[kind]["name"]: o[kind] for o in objects for kind in ("set", "map") if kind in o}
+    for name in SETS:
+        if name not in listed:
+            problems.append(f"{_kind(name)} {name} is missing")
+        elif _listed_elements(listed[name]) != state.elements[name]:
+            problems.append(f"{_kind(name)} {name} has other elements")
+    return "; ".join(problems) or None
+
+
+class NFTables:
+    """The nftables firewall backend (one ``plugin.firewall.backend.Firewall``).
+
+    Writes are serialised. What the last write left is remembered, so a change is written as
+    the difference to it without reading the table; a write that fails (the table was
+    flushed or deleted under pynet) and a fresh read that finds the table unlike the records
+    rewrite the whole table in one transaction, so there is no moment without pynet's drops.
+    """
+
+    name = "nftables"
+
+    def __init__(self, table: str, nft: Nft | None = None) -> None:
+        self.table = table
+        self.nft = nft or Nft()
+        self._lock = threading.Lock()
+        self._known: NftState | None = None
+
+    def _problem(self, state: NftState) -> str | None:
+        objects = self.nft.table(FAMILY, self.table)
+        if objects is None:
+            return f"table {FAMILY} {self.table} is missing"
+        return differences(objects, state)
+
+    def _rewrite(self, state: NftState, why: str) -> None:
+        log.info("nftables: %s; writing table %s %s whole", why, FAMILY, self.table)
+        self.nft.run(full_batch(self.table, state))
+        self._known = state
+
+    def apply(self, desired: Callable[[], Desired], fresh: bool = False,
+              keep: bool = False) -> bool:
+        """Make pynet's table match ``desired()``; True if anything had to change.
+        ``fresh`` reads the table instead of trusting what the last write left; ``keep``
+        only adds (what is no longer desired stays for a later apply to remove)."""
+        with self._lock:
+            state = render(desired())
+            if keep and self._known is not None:
+                state = merged(self._known, state)
+            if self._known is None or fresh:
+                problem = self._problem(state)
+                if problem is None:
+                    self._known = state
+                    return False
+                self._rewrite(state, problem)
+                return True
+            batch = delta_batch(self.table, self._known, state)
+            if batch is None:
+                return False
+            try:
+                self.nft.run(batch)
+            except KernelError as exc:
+                self._known = None
+                self._rewrite(state, f"a change failed ({exc})")
+                return True
+            self._known = state
+            return True
+
+    def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
+        """What a fresh read says must change, or None. Takes no lock: calls must not wait
+        for the periodic check."""
+        return self._problem(render(desired()))
+
+    def remove_all(self) -> bool:
+        """Delete pynet's table (uninstall); True if it was there."""
+        with self._lock:
+            self._known = None
+            if self.nft.table(FAMILY, self.table) is None:
+                return False
+            self.nft.run(f"delete table {FAMILY} {self.table}")
+            return True
+
+    def layout(self) -> str:
+        """Which firewall dockerd keeps, from the tables there are."""
+        if dockerd_nftables(self.nft):
+            return "Docker's nftables backend (table ip docker-bridges)"
+        return "no table ip docker-bridges (dockerd runs iptables, or is not running)"
+
+
+def dockerd_nftables(nft: Nft) -> bool:
+    """Whether dockerd runs its nftables firewall backend (its bridge table exists)."""
+    return "docker-bridges" in nft.tables("ip")

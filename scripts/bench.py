@@ -14,7 +14,6 @@ on the host's own address or 127.0.0.1.
 import argparse
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -59,7 +58,13 @@ from lab.bench.probes import (  # noqa: E402
     throughput_host,
     time_to_ping,
 )
-from lab.bench.pynet_side import handler_times, machine, rss_mib, worker_pid  # noqa: E402
+from lab.bench.pynet_side import (  # noqa: E402
+    bench_instance,
+    handler_times,
+    machine,
+    rss_mib,
+    worker_pid,
+)
 from lab.bench.resources import Lab, dockerd_answers, host_address, timed  # noqa: E402
 from lab.bench.verdicts import (  # noqa: E402
     Figure,
@@ -223,15 +228,6 @@ def uninterrupted() -> Iterator[None]:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-
-
-def new_instance() -> Instance:
-    """A pynet instance under a throw-away name, at its production reconcile interval (the
-    tests' helper starts instances at 1 s, which would load pynet more than users see)."""
-    name = f"pynet-b{secrets.token_hex(3)}"
-    state = tempfile.mkdtemp(prefix=f"{name}-state-")
-    return Instance(name=name, state_dir=state, log_path=f"/tmp/{name}.log",
-                    env={"PYNET_RECONCILE_INTERVAL": "5"})
 
 
 def start_profiler(pid: int, out: str) -> subprocess.Popen | None:
@@ -405,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ensure_image()
     signal.signal(signal.SIGTERM, _terminate)
-    inst = new_instance()
+    inst = bench_instance()
     lab = Lab(Subnets(str(POOL), SUBNET_PREFIX))
     floor = FloorDriver(f"pb-{lab.tag}-floor")
     profiler = None

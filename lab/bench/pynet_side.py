@@ -2,14 +2,27 @@
 
 import os
 import platform
+import secrets
+import tempfile
 from pathlib import Path
 
 from lab import (
+    Instance,
     docker,
     firewall_backend,
     run,
 )
 from lab.bench import CALL_LINE
+
+
+def bench_instance(**env: str) -> Instance:
+    """A pynet instance under a throw-away name, at its production reconcile interval (the
+    tests' helper starts instances at 1 s, which would load pynet more than users see);
+    ``env``: more PYNET_* settings."""
+    name = f"pynet-b{secrets.token_hex(3)}"
+    state = tempfile.mkdtemp(prefix=f"{name}-state-")
+    return Instance(name=name, state_dir=state, log_path=f"/tmp/{name}.log",
+                    env={"PYNET_RECONCILE_INTERVAL": "5", **env})
 
 
 def worker_pid(master: int) -> int:

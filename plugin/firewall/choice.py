@@ -81,9 +81,8 @@ class Selected:
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """See ``Firewall.repair_needed``; a backend move is a repair."""
         wanted = self._wanted()
-        if wanted is not self._current:
-            was = self._current.name if self._current else "none"
-            return f"pynet's rules must move from {was} to {wanted.name}"
+        if self._current is not None and wanted is not self._current:
+            return f"pynet's rules must move from {self._current.name} to {wanted.name}"
         return wanted.repair_needed(desired)
 
     def remove_all(self) -> bool:

@@ -219,14 +219,14 @@ def chain_edits(chain: str, old: list[str], new: list[str]) -> list[str]:
 
 def with_leftovers(old: list[str], new: list[str]) -> list[str]:
     """``new`` with the rules of ``old`` that it drops kept where they are: the same additions
-    and no deletions. Added rules go above kept ones (a new network's rules go on top)."""
+    and no deletions. Added rules go below kept ones (a new network's rules are appended)."""
     added = len(new) - len(old)
     if added >= 0 and (new[added:] == old or new[:len(old)] == old):
         return new  # nothing dropped: the common case, without difflib
     merged: list[str] = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new,
                                                        autojunk=False).get_opcodes():
-        merged += new[j1:j2] + (old[i1:i2] if tag != "equal" else [])
+        merged += (old[i1:i2] if tag != "equal" else []) + new[j1:j2]
     return merged
 
 

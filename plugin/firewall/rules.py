@@ -19,6 +19,16 @@ The layout, per network (``BR`` its bridge):
   FORWARD rules: what enters ``BR`` (replies, published ports, same-network traffic if icc)
   is accepted and everything else entering ``BR`` dropped; internal networks drop whatever
   leaves them too.
+* The data plane does not pay per network where pynet names the bridges (``pn-<id>``, unless
+  ``com.docker.network.bridge.name`` says otherwise): both chains start with rules that match
+  every such bridge by its name prefix (``-i pn-+``). In ``<P>-FORWARD`` replies and the rest
+  of established connections into or out of them are accepted at once (their first packet
+  passed every check). In ``<P>-RAW`` loopback is dropped for all of them, and the rest of
+  what they send returns at once: the subnet drops below are for packets from the host's
+  other interfaces; a packet from one pynet bridge to another network enters that network's
+  bridge only as ``<P>-FORWARD`` allows (a reply, a DNATed published port). Each network's own
+  rules follow, oldest first, so a new network's are appended (iptables-nft inserts anywhere
+  but at the ends only after reading the whole chain).
 * filter ``<P>-EGRESS``, hooked right below dockerd's FORWARD jumps: what leaves ``BR`` for
   elsewhere is accepted there, after dockerd had its say, so Docker's own networks stay closed
   to pynet's containers as they are to each other (Docker 28+ drops what enters its bridges
@@ -45,6 +55,8 @@ DOCKER_FORWARD = "DOCKER-FORWARD"  # 28 and 29 (iptables backend)
 DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"  # 20.10 and 28
 DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
 LOOPBACK = "127.0.0.0/8"
+BRIDGE_PREFIX = "pn-"  # of the bridges pynet names (``-o com.docker.network.bridge.name`` aside)
+ANY_BRIDGE = f"{BRIDGE_PREFIX}+"  # iptables' interface wildcard for all of them
 
 
 def docker_layout(filter_chains: Mapping[str, list[str]]) -> str:
@@ -134,7 +146,7 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class Desired:
-    """What pynet's records ask of any firewall backend: networks (newest first) and the
+    """What pynet's records ask of any firewall backend: networks (oldest first) and the
     published ports of their endpoints."""
 
     networks: list[NetworkSpec]
@@ -149,7 +161,7 @@ def desired_from_records(networks: list[NetworkRecord],
         endpoints_of.setdefault(endpoint.network_id, []).append(endpoint)
     specs: list[NetworkSpec] = []
     ports: list[PortSpec] = []
-    for network in reversed(networks):  # newest first, as the bridge driver stacks them
+    for network in networks:
         if network.state == DELETING:
             continue
         config = network.config
@@ -202,6 +214,18 @@ def _proto(proto: str, port: int, direction: str = "--dport") -> str:
     return f"-p {proto} -m {proto} {direction} {port}"
 
 
+def _prefixed(bridge: str) -> bool:
+    """Whether the shared rules at the top of pynet's chains (``ANY_BRIDGE``) cover it."""
+    return bridge.startswith(BRIDGE_PREFIX)
+
+
+# The top of <P>-FORWARD and <P>-RAW: what they decide for all bridges named pn-*.
+FORWARD_HEAD = [f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                f"-i {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+RAW_HEAD = [f"-s {LOOPBACK} -i {ANY_BRIDGE} -j DROP", f"-d {LOOPBACK} -i {ANY_BRIDGE} -j DROP",
+            f"-i {ANY_BRIDGE} -j RETURN"]
+
+
 def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
     """The ``<P>-FORWARD`` rules of one network: what may enter its bridge, and for internal
     networks what may leave it. Each rule names the network's own bridge."""
@@ -209,8 +233,10 @@ def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
     intra = [f"-i {br} -o {br} -j ACCEPT"] if net.icc else []
     if net.internal:
         return [*intra, f"-o {br} -j DROP", f"-i {br} -j DROP"]
+    replies = [] if _prefixed(br) else [
+        f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
     return [
-        f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        *replies,
         f"-o {br} -j {c.ports}",
         *intra,
         f"-o {br} -j DROP",
@@ -222,8 +248,8 @@ def network_raw_rules(net: NetworkSpec) -> list[str]:
     br, subnet = net.bridge, net.subnet
     # Nothing legitimate enters a bridge from or for loopback; with route_localnet=1 the
     # kernel would otherwise take both.
-    localnet = [] if net.internal else [f"-s {LOOPBACK} -i {br} -j DROP",
-                                        f"-d {LOOPBACK} -i {br} -j DROP"]
+    localnet = [] if net.internal or _prefixed(br) else [f"-s {LOOPBACK} -i {br} -j DROP",
+                                                         f"-d {LOOPBACK} -i {br} -j DROP"]
     trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
     return [*localnet, *trusted,
             f"-d {subnet} ! -i {br} -m addrtype ! --dst-type LOCAL -j DROP"]
@@ -261,18 +287,18 @@ def port_rules(p: PortSpec) -> tuple[list[str], list[str], list[str]]:
 
 def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
            docker_stages: bool) -> RuleSet:
-    """The complete rule set for ``networks`` (newest first) and their published ``ports``.
+    """The complete rule set for ``networks`` (oldest first) and their published ``ports``.
 
     ``docker_stages`` says whether dockerd's isolation stage chains exist (20.10, 28).
 
     A network's rules match only its bridge or subnet, so their order across networks does
-    not matter; newest first puts a new network's rules at the top of each chain, where
-    iptables-nft inserts without reading the chain (inserting at rule N reads all of it).
+    not matter; oldest first appends a new network's rules at the end of each chain, where
+    iptables-nft adds without reading the chain (inserting at rule N reads all of it).
     """
-    forward: list[str] = []
+    forward: list[str] = list(FORWARD_HEAD)
     egress: list[str] = []
     isolation: list[str] = []
-    raw: list[str] = []
+    raw: list[str] = list(RAW_HEAD)
     filter_ports: list[str] = []
     dnat: list[str] = []
     post: list[str] = []

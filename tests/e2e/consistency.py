@@ -24,6 +24,7 @@ from lab import (
     run,
     wait_for,
 )
+from plugin.firewall.rules import ANY_BRIDGE
 
 NOTHING_TO_DO = "nothing to do"
 
@@ -159,7 +160,7 @@ def problems(inst: Instance) -> list[str]:
     ports = {(p["proto"], p["host_port"]) for e in rec.endpoints.values() for p in e["ports"]}
     for rule in own_rules(inst):
         for iface in re.findall(r"-[io] (\S+)", rule):
-            if iface not in bridges and not iface.startswith("!"):
+            if iface not in bridges | {ANY_BRIDGE} and not iface.startswith("!"):
                 found.append(f"rule for unknown bridge {iface}: {rule}")
         m = re.search(r"-p (\w+) .*--dport (\d+)", rule)
         if m and "-j DNAT" in rule and (m.group(1), int(m.group(2))) not in ports:

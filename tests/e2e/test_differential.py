@@ -34,7 +34,7 @@ from lab import (
     wait_for,
 )
 from plugin.config import Settings
-from plugin.firewall.rules import Chains
+from plugin.firewall.rules import FORWARD_HEAD, RAW_HEAD, Chains
 from tests.e2e.consistency import wait_reaped
 from tests.e2e.differential import (
     DOCKER,
@@ -78,9 +78,18 @@ PEER_SOURCE = ("the container sees the real client address of a same-network pee
 NEWER = ("pynet blocks what the newest bridge driver (Docker 28+) blocks, on every engine; "
          "20.10's bridge driver let this through")
 
+MASQUERADE_OFF_PORT = (
+    "a container of a masquerade-off network reaches another network's published port via the "
+    "host address, as containers of every other network do: the reply is part of a DNATed "
+    "connection and comes back over pynet's bridges, which pynet accepts (the direct-routing "
+    "drop is for the host's other interfaces); Docker treats that reply as traffic between "
+    "its networks (20.10: isolation stage 2, 28+: the raw drop per container address) and "
+    "drops it, so the connection times out")
 CELL_DIFFERENCES = [
     CellDifference("icc-off", "c1 -> host:H1/tcp", "ok gw:n0", "ok c1@n0", PEER_SOURCE),
     CellDifference("ports", "c1 -> host:H1/tcp", "ok gw:n0", "ok c1@n0", PEER_SOURCE),
+    CellDifference("masquerade-off", "c0 -> host:H2/tcp", "timeout", "ok c0@n0",
+                   MASQUERADE_OFF_PORT),
 ]
 
 
@@ -373,12 +382,16 @@ def unexplained(before: str, after: str, ours: Callable[[str], bool]) -> list[st
 
 
 def installed_lines(prefix: str, stages: bool) -> set[str]:
-    """What an idle pynet keeps in the tables: its empty chains and the jumps into them
+    """What an idle pynet keeps in the tables: its chains (empty but for the rules that cover
+    every pynet-named bridge) and the jumps into them
     (``stages``: dockerd keeps isolation stage chains, which pynet hooks into)."""
     c = Chains(prefix)
     stage = {f"+ filter :{c.isolation} -",
              f"+ filter -A DOCKER-ISOLATION-STAGE-1 -j {c.isolation}"} if stages else set()
-    return stage | {f"+ filter :{c.forward} -", f"+ filter :{c.egress} -", f"+ filter :{c.ports} -",
+    heads = {f"+ filter -A {c.forward} {rule}" for rule in FORWARD_HEAD} | \
+        {f"+ raw -A {c.raw} {rule}" for rule in RAW_HEAD}
+    return stage | heads | {
+            f"+ filter :{c.forward} -", f"+ filter :{c.egress} -", f"+ filter :{c.ports} -",
             f"+ filter -A FORWARD -j {c.forward}", f"+ filter -A FORWARD -j {c.egress}",
             f"+ nat :{c.dnat} -", f"+ nat :{c.postrouting} -",
             f"+ nat -A PREROUTING ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {c.dnat}",

@@ -52,6 +52,7 @@ def test_auto_follows_dockerd_and_writes_before_it_removes() -> None:
     journal: list[str] = []
     dockerd = [False]
     fw = selected("auto", dockerd, journal, has_rules=True)
+    assert fw.repair_needed(lambda: NOTHING) is None  # a process that never wrote (dry run)
     fw.apply(lambda: NOTHING)
     assert fw.name == "iptables"
     assert journal == ["iptables apply fresh=True", "nftables remove", "iptables apply fresh=False"]

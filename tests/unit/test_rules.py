@@ -23,6 +23,8 @@ from plugin.firewall.iptables import (
     teardown_batch,
 )
 from plugin.firewall.rules import (
+    FORWARD_HEAD,
+    RAW_HEAD,
     Chains,
     NetworkSpec,
     PortSpec,
@@ -174,9 +176,9 @@ RAW_RULES = ["-s 127.0.0.0/8 -i pt-br0 -j DROP", "-d 127.0.0.0/8 -i pt-br0 -j DR
 
 def test_plain_network_accepts_only_what_may_enter_its_bridge() -> None:
     rules = render(C, [one()], [], docker_stages=False)
-    assert rules.chains["filter"] == {"PT-FORWARD": FORWARD_RULES,
+    assert rules.chains["filter"] == {"PT-FORWARD": FORWARD_HEAD + FORWARD_RULES,
                                       "PT-EGRESS": ["-i pt-br0 -j ACCEPT"], "PT-PORTS": []}
-    assert rules.chains["raw"] == {"PT-RAW": RAW_RULES}
+    assert rules.chains["raw"] == {"PT-RAW": RAW_HEAD + RAW_RULES}
     assert rules.chains["nat"] == {
         "PT-DNAT": [],
         "PT-POSTROUTING": ["-s 10.231.130.0/24 ! -o pt-br0 -j MASQUERADE",
@@ -194,6 +196,8 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
     f, nat, raw = rules.chains["filter"], rules.chains["nat"], rules.chains["raw"]["PT-RAW"]
     intra = ["-i pt-br0 -o pt-br0 -j ACCEPT"] if icc else []
     assert raw[-1] == RAW_RULES[-1]  # nothing routed from elsewhere reaches the subnet
+    assert f["PT-FORWARD"][:2] == FORWARD_HEAD and raw[:3] == RAW_HEAD
+    f["PT-FORWARD"], raw = f["PT-FORWARD"][2:], raw[3:]
     if internal:
         assert f["PT-FORWARD"] == intra + ["-o pt-br0 -j DROP", "-i pt-br0 -j DROP"]
         assert f["PT-EGRESS"] == []
@@ -220,7 +224,7 @@ def test_trusted_host_interfaces_may_route_to_published_ports() -> None:
     port = PortSpec("pt-br0", CIP, "tcp", 80, None, 18080, trusted=("eth1", "vpn0"))
     rules = render(C, [one(trusted=("eth1", "vpn0"))], [port], False)
     assert rules.chains["raw"]["PT-RAW"] == [
-        *RAW_RULES[:2], "-d 10.231.130.0/24 -i eth1 -j RETURN",
+        *RAW_HEAD, *RAW_RULES[:2], "-d 10.231.130.0/24 -i eth1 -j RETURN",
         "-d 10.231.130.0/24 -i vpn0 -j RETURN", RAW_RULES[2]]
     assert rules.chains["filter"]["PT-PORTS"][1:] == [
         "-d 10.231.130.2/32 -i eth1 -o pt-br0 -p tcp -m tcp --dport 80 -j ACCEPT",
@@ -270,21 +274,27 @@ def test_sctp_port() -> None:
         "-p sctp -m sctp --dport 18007 -j DNAT --to-destination 10.231.130.2:7"]
 
 
-def test_newest_network_comes_first() -> None:
+def test_oldest_network_comes_first_after_the_shared_head() -> None:
+    """A bridge pynet named (pn-*) needs none of the rules the head has for all of them:
+    no per-bridge reply accept or loopback drop, so established traffic never walks the
+    networks' rules."""
     older = NetworkSpec("pt-br0", NET)
-    newer = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.131.0/24"), internal=True)
-    rules = render(C, [newer, older], [], docker_stages=False)
-    forward = rules.chains["filter"]["PT-FORWARD"]
-    assert forward[:3] == ["-i pt-br1 -o pt-br1 -j ACCEPT", "-o pt-br1 -j DROP",
-                           "-i pt-br1 -j DROP"]
-    assert forward[3:] == FORWARD_RULES
-    assert rules.chains["raw"]["PT-RAW"][1:] == RAW_RULES
+    newer = NetworkSpec("pn-0123456789ab", ipaddress.IPv4Network("10.231.131.0/24"))
+    rules = render(C, [older, newer], [], docker_stages=False)
+    assert rules.chains["filter"]["PT-FORWARD"] == [
+        *FORWARD_HEAD, *FORWARD_RULES, "-o pn-0123456789ab -j PT-PORTS",
+        "-i pn-0123456789ab -o pn-0123456789ab -j ACCEPT", "-o pn-0123456789ab -j DROP"]
+    assert rules.chains["raw"]["PT-RAW"] == [
+        *RAW_HEAD, *RAW_RULES,
+        "-d 10.231.131.0/24 ! -i pn-0123456789ab -m addrtype ! --dst-type LOCAL -j DROP"]
 
 
 @pytest.mark.parametrize("docker_stages", [True, False])
 def test_no_networks_leave_every_chain_empty(docker_stages: bool) -> None:
     rules = render(C, [], [], docker_stages)
-    assert all(not r for table in rules.chains.values() for r in table.values())
+    heads = {"PT-FORWARD": FORWARD_HEAD, "PT-RAW": RAW_HEAD}
+    assert all(r == heads.get(chain, []) for table in rules.chains.values()
+               for chain, r in table.items())
     assert rules.hooks == hooks(C, docker_stages)
 
 
@@ -387,16 +397,16 @@ def test_removing_ports_deletes_only_their_rules() -> None:
     assert "-I " not in batch and "-A " not in batch
 
 
-def test_a_new_network_only_inserts_rules() -> None:
+def test_a_new_network_only_appends_rules() -> None:
     """Deleting costs ~15 ms per nft transaction; adding a network must not delete."""
     other = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.129.0/24"))
     before = converge(render(C, [one()], [], False), parse_save(ENGINE_29))
-    batch = build_batch(render(C, [other, one()], [], False), before) or ""
+    batch = build_batch(render(C, [one(), other], [], False), before) or ""
     assert "-D " not in batch and ":PT-" not in batch
-    assert "-I PT-FORWARD 1 -o pt-br1" in batch
+    assert "-A PT-FORWARD -o pt-br1" in batch
     # At the top or appended: iptables-nft reads a whole chain to insert at rule N > 1.
     assert not re.search(r"^-I \S+ ([2-9]|\d\d)", batch, re.M), batch
-    converge(render(C, [other, one()], [], False), before)
+    converge(render(C, [one(), other], [], False), before)
 
 
 def test_a_create_during_pending_deletes_adds_and_leaves_the_deletes() -> None:
@@ -404,11 +414,11 @@ def test_a_create_during_pending_deletes_adds_and_leaves_the_deletes() -> None:
     stay for the reaper's batch, which then removes exactly those."""
     other = NetworkSpec("pt-br1", ipaddress.IPv4Network("10.231.129.0/24"))
     newer = NetworkSpec("pt-br2", ipaddress.IPv4Network("10.231.128.0/24"))
-    before = converge(render(C, [other, one()], [PortSpec("pt-br0", CIP, "tcp", 80, None,
+    before = converge(render(C, [one(), other], [PortSpec("pt-br0", CIP, "tcp", 80, None,
                                                           18080)], True), parse_save(BASELINE))
-    rules = render(C, [newer, one()], [], True)  # pt-br1 and the port are being deleted
+    rules = render(C, [one(), newer], [], True)  # pt-br1 and the port are being deleted
     batch = build_batch(keeping_leftovers(rules, before), before) or ""
-    assert "-D " not in batch and "-I PT-FORWARD 1 -o pt-br2" in batch
+    assert "-D " not in batch and "-A PT-FORWARD -o pt-br2" in batch
     during = converge(keeping_leftovers(rules, before), before)
     assert any("pt-br1" in r for r in during.chain("filter", "PT-FORWARD") or [])
     assert any("18080" in r for r in during.chain("nat", "PT-DNAT") or [])

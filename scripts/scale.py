@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Scale: what a packet and a change cost with 1, 100 and 1,000 networks of one driver.
+
+For each column on the running dockerd - the bridge driver, pynet with its iptables backend
+and, where dockerd runs its nftables backend, pynet with its nftables backend - the run makes
+the measured network first (in an iptables layout its rules sit deepest: pynet appends a new
+network's rules, Docker inserts them on top), puts a server (TCP sink and echo, both
+published) and a client on it, then grows the driver's networks to each count with empty
+networks and measures at every step: container-to-container TCP throughput and ping RTT,
+host-to-published-port throughput and RTT, and the time of network create and rm (an extra
+network, made and removed a few times). A column's networks are removed before the next one
+starts. The table gives every figure and its ratio to the same column's 1-network figure.
+
+Only a host where dockerd runs its nftables backend has all columns: pynet's nftables backend
+needs forwarding to be decided by its table alone, and dockerd's iptables backend sets the
+FORWARD policy to DROP (run once per dockerd firewall backend for the full picture).
+
+    .venv/bin/python scripts/scale.py [--counts 1,100,1000] [--mib N] [--json FILE]
+"""
+
+import argparse
+import ipaddress
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # scripts/ is not a package; the lab package lives beside it
+
+from lab import (  # noqa: E402
+    IMAGE,
+    Instance,
+    Subnets,
+    docker,
+    ensure_image,
+    firewall_backend,
+    free_port,
+    purge_instance,
+    run,
+    wait_for,
+)
+from lab.bench import BRIDGE, ECHO_PORT, POOL, SERVER_CMD, SERVER_HOST, SINK_PORT  # noqa: E402
+from lab.bench.probes import (  # noqa: E402
+    answers,
+    echoes,
+    ping_rtt,
+    tcp_rtt,
+    throughput_c2c,
+    throughput_host,
+)
+from lab.bench.pynet_side import bench_instance, machine  # noqa: E402
+from lab.bench.resources import Lab, host_address, timed  # noqa: E402
+
+PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
+SAMPLES = 5  # network create/rm samples per step
+PARALLEL = 8  # growth and clean-up run this many docker commands at once
+FIGURES = {  # key: (label, unit, higher is better)
+    "tput_c2c": ("TCP throughput container -> container", "MB/s", True),
+    "rtt_c2c": ("ping RTT container -> container", "µs", False),
+    "tput_pub": ("TCP throughput host -> published port", "MB/s", True),
+    "rtt_pub": ("TCP RTT host -> published port", "µs", False),
+    "create": ("network create", "ms", False),
+    "rm": ("network rm", "ms", False),
+    "rules": ("firewall rules and elements on the host", "", False),
+}
+
+
+def firewall_size() -> int:
+    """iptables rules plus nftables rules and set elements (of every table on the host)."""
+    rules = sum(line.startswith("-A ") for line in run(["iptables-save"]).stdout.splitlines())
+    listing = json.loads(run(["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    for item in listing:
+        rules += "rule" in item
+        for kind in ("set", "map"):
+            rules += len(item.get(kind, {}).get("elem", []))
+    return rules
+
+
+class Column:
+    """One driver (and pynet backend) grown step by step on the measured network."""
+
+    def __init__(self, label: str, driver: str, lab: Lab, mib: int, pings: int) -> None:
+        self.label, self.driver, self.lab = label, driver, lab
+        self.mib, self.pings = mib, pings
+        self.made = 0
+        self.host_ip = host_address()
+
+    def start(self) -> None:
+        """The measured network, first of the column's, with its server and client."""
+        net, _ = self.lab.create_network(self.driver, self.lab.name("m"))
+        self.made = 1
+        self.server, self.server_ip = self.lab.name("srv"), net.host(SERVER_HOST)
+        self.echo_port, self.sink_port = free_port(), free_port()
+        docker("run", "-d", "--name", self.server, "--network", net.name, "--ip",
+               self.server_ip, "-p", f"{self.echo_port}:{ECHO_PORT}",
+               "-p", f"{self.sink_port}:{SINK_PORT}", IMAGE, "sh", "-c", SERVER_CMD)
+        self.client = self.lab.name("cli")
+        docker("run", "-d", "--name", self.client, "--network", net.name, IMAGE,
+               "sleep", "36000")
+        wait_for("the server", lambda: echoes(self.server_ip, ECHO_PORT), timeout=30)
+        wait_for("the sink", lambda: answers(self.server_ip, SINK_PORT), timeout=30)
+        wait_for("the published port", lambda: echoes(self.host_ip, self.echo_port),
+                 timeout=30)
+
+    def grow(self, count: int) -> None:
+        """Empty networks of the column's driver until it has ``count``."""
+        needed = count - self.made
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(lambda _: self.lab.create_network(self.driver, self.lab.name("g")),
+                          range(needed)))
+        self.made = count
+
+    def measure(self) -> dict[str, float]:
+        """Every figure, once (medians inside each probe and over the change samples)."""
+        fig = {"tput_c2c": statistics.median(throughput_c2c(self.client, self.server_ip,
+                                                            self.mib) for _ in range(3)),
+               "rtt_c2c": ping_rtt(self.client, self.server_ip, self.pings),
+               "tput_pub": statistics.median(throughput_host(self.host_ip, self.sink_port,
+                                                             self.mib) for _ in range(3)),
+               "rtt_pub": tcp_rtt(self.host_ip, self.echo_port, self.pings)}
+        creates, rms = [], []
+        for _ in range(SAMPLES):
+            net, ms = self.lab.create_network(self.driver, self.lab.name("x"))
+            creates.append(ms)
+            rms.append(timed("network", "rm", net.name))
+        fig["create"], fig["rm"] = statistics.median(creates), statistics.median(rms)
+        fig["rules"] = float(firewall_size())
+        return fig
+
+
+def remove_everything(lab: Lab) -> None:
+    """The column's containers and networks, in parallel (a thousand removals add up)."""
+    names = lab.containers()
+    if names:
+        docker("rm", "-f", *names, check=False, timeout=300)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(lambda n: docker("network", "rm", n, check=False), lab.networks()))
+
+
+@contextmanager
+def column_driver(label: str) -> Iterator[tuple[str, Instance | None]]:
+    """The docker driver name of a column, with its pynet instance while it runs."""
+    if label == BRIDGE:
+        yield BRIDGE, None
+        return
+    inst = bench_instance(PYNET_FIREWALL_BACKEND=label.split("-", 1)[1])
+    inst.start()
+    try:
+        yield inst.name, inst
+    finally:
+        left = purge_instance(inst)
+        if left:
+            print(f"scale: {inst.name} left {left}", file=sys.stderr)
+
+
+def run_column(label: str, counts: list[int], subnets: Subnets, mib: int, pings: int,
+               log: Callable[[str], None]) -> dict[int, dict[str, float]]:
+    """Every step of one column."""
+    lab = Lab(subnets)
+    out: dict[int, dict[str, float]] = {}
+    with column_driver(label) as (driver, _inst):
+        try:
+            column = Column(label, driver, lab, mib, pings)
+            column.start()
+            for count in counts:
+                column.grow(count)
+                out[count] = column.measure()
+                log(f"{label}: {count} network(s): {out[count]}")
+        finally:
+            remove_everything(lab)
+    return out
+
+
+def table(results: dict[str, dict[int, dict[str, float]]], counts: list[int]) -> str:
+    """One row per figure and count, one column per driver: value (ratio to 1 network)."""
+    labels = list(results)
+    lines = [f"| figure | networks | {' | '.join(labels)} |",
+             "|---|---|" + "---|" * len(labels)]
+    for key, (name, unit, _) in FIGURES.items():
+        for count in counts:
+            cells = []
+            for label in labels:
+                value, base = results[label][count][key], results[label][counts[0]][key]
+                ratio = f" ({value / base:.2f}×)" if count != counts[0] and base else ""
+                cells.append(f"{value:.0f}{ratio}" if value >= 100 else f"{value:.1f}{ratio}")
+            lines.append(f"| {name}{f' ({unit})' if unit else ''} | {count} | "
+                         f"{' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every column the host's dockerd allows and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", default="1,100,1000",
+                        help="network counts to measure at (default 1,100,1000)")
+    parser.add_argument("--mib", type=int, default=512, help="MiB per throughput sample")
+    parser.add_argument("--pings", type=int, default=200, help="pings per RTT sample")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args(argv)
+    counts = sorted({int(c) for c in args.counts.split(",")})
+
+    def log(message: str) -> None:
+        print(f"[scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    ensure_image()
+    labels = [BRIDGE, "pynet-iptables"]
+    if firewall_backend() == "nftables":
+        labels.append("pynet-nftables")
+    subnets = Subnets(str(POOL), PREFIX)
+    if ipaddress.IPv4Network(POOL).num_addresses >> (32 - PREFIX) < len(labels) * (
+            counts[-1] + SAMPLES * len(counts) + 1):
+        raise SystemExit(f"scale: {POOL} has too few /{PREFIX} subnets for {counts[-1]} "
+                         "networks per column")
+    started = time.monotonic()
+    results = {label: run_column(label, counts, subnets, args.mib, args.pings, log)
+               for label in labels}
+    info = machine()
+    print(f"\nmachine: {info['nproc']} cores ({info['cpu']}), kernel {info['kernel']}, "
+          f"docker {info['docker']} ({info['firewall']} firewall), {info['iptables']}; "
+          f"{time.monotonic() - started:.0f}s\n")
+    print(table(results, counts))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from flask.testing import FlaskClient
 
 from lab import (
@@ -23,32 +22,16 @@ from lab import (
     iptables_save,
     link,
     network_body,
-    new_instance,
     nft_host_port,
     nft_objects,
-    purge_instance,
     wait_for,
 )
 from plugin import protocol
 from plugin.app import create_app
-from plugin.cli import build_driver
-from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.store import DELETING
 
 SUBNET = ipaddress.IPv4Network("10.231.250.0/24")
-
-
-@pytest.fixture(params=["iptables", "nftables"])
-def driver(tmp_path, request: pytest.FixtureRequest) -> Iterator[Driver]:
-    """A driver on the host with each firewall backend (these tests send no traffic)."""
-    inst = new_instance()
-    d = build_driver(Settings(name=inst.name, state_dir=str(tmp_path), call_deadline=0.3,
-                              firewall_backend=request.param))
-    d.ready.set()
-    yield d
-    d.reap()
-    purge_instance(inst)
 
 
 call = driver_call
@@ -181,3 +164,4 @@ def held(driver: Driver) -> Iterator[None]:
     finally:
         release.set()
         holder.join()
+

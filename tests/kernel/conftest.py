@@ -1,0 +1,23 @@
+"""A driver wired to the host's kernel, for kernel tests that send no traffic."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import new_instance, purge_instance
+from plugin.cli import build_driver
+from plugin.config import Settings
+from plugin.driver import Driver
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def driver(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Driver]:
+    """A driver on the host under a throwaway instance name, once per firewall backend."""
+    inst = new_instance()
+    d = build_driver(Settings(name=inst.name, state_dir=str(tmp_path), call_deadline=0.3,
+                              firewall_backend=request.param))
+    d.ready.set()
+    yield d
+    d.reap()
+    purge_instance(inst)

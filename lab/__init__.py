@@ -431,6 +431,8 @@ def purge_instance(inst: Instance) -> list[str]:
         shutil.rmtree(inst.state_dir, ignore_errors=True)
         run(inst.argv("uninstall"), check=False)
         shutil.rmtree(inst.state_dir, ignore_errors=True)
+        if instance_firewall(inst.name):  # uninstall itself failed to remove them
+            leftovers.append(f"firewall rules of {inst.name} after uninstall")
     if not leftovers:
         Path(inst.log_path).unlink(missing_ok=True)  # kept only when something went wrong
     return leftovers

@@ -18,7 +18,6 @@ from plugin.driver import Driver
 from plugin.errors import PynetError
 from plugin.firewall.choice import Selected
 from plugin.firewall.iptables import IPTables
-from plugin.firewall.libnft import Nft
 from plugin.firewall.nftables import NFTables, dockerd_nftables
 from plugin.firewall.rules import Chains
 from plugin.netlink import Netlink
@@ -42,11 +41,10 @@ def build_driver(settings: Settings, owner: bool = True) -> Driver:
 def build_firewall(settings: Settings) -> Selected:
     """The firewall backend the settings choose (iptables chains named by the instance's
     prefix, or its nftables table named by the instance)."""
-    nft = Nft()
     return Selected(settings.firewall_backend,
                     {"iptables": IPTables(Chains(settings.chain_prefix)),
-                     "nftables": NFTables(settings.name, nft)},
-                    lambda: dockerd_nftables(nft))
+                     "nftables": NFTables(settings.name)},
+                    dockerd_nftables)
 
 
 def setup_logging(level: str) -> None:

@@ -2,16 +2,25 @@
 
 pynet talks to nftables through the library the ``nft`` tool is built on (Debian's
 ``libnftables1``): one batch of commands in ``nft -f`` syntax is one atomic kernel transaction,
-and running it in-process saves the fork and exec of an ``nft`` per change (``scripts/bench.py``
-and the README compare the two). ctypes releases the GIL during the call, so other requests go
+and running it in-process saves the fork and exec of an ``nft`` per change (the README has
+the measurement). ctypes releases the GIL during the call, so other requests go
 on while the kernel works. pyroute2's nftables support (0.9) builds rules from raw netlink
-expressions, which would make pynet re-implement what nft's parser already does.
+expressions, which would make pynet re-implement what nft's parser already does; it serves
+the two questions libnftables answers slowly (see ``tables`` and ``generation``).
 """
 
 import ctypes
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.nfnetlink.nftsocket import (  # type: ignore[import-untyped]
+    NFT_MSG_GETGEN,
+    nfgen_msg,
+)
+from pyroute2.nftables.main import NFTables as PyrouteNFTables  # type: ignore[import-untyped]
 
 from plugin.errors import KernelError
 
@@ -69,25 +78,44 @@ class Nft:
                               f"{error.strip() or f'exit {rc}'}")
         return output
 
-    def tables(self, family: str) -> list[str]:
-        """The names of the tables of ``family``."""
-        listing = self.run(f"list tables {family}", json_output=True)
-        return [item["table"]["name"] for item in json.loads(listing or "{}")
-                .get("nftables", []) if "table" in item]
-
     def table(self, family: str, name: str) -> list[dict[str, Any]] | None:
         """The JSON objects of table ``family name`` (chains, rules, sets), or None if it
         does not exist."""
-        if name not in self.tables(family):
+        if name not in tables(family):
             return None
         objects = json.loads(self.run(f"list table {family} {name}", json_output=True))
         return [item for item in objects.get("nftables", []) if "metainfo" not in item]
 
 
-def available() -> bool:
-    """Whether libnftables can be loaded here."""
+# What a netlink request answers without libnftables, which loads a cache of the tables it
+# touches first (every list of it, even of the table names, reads every rule and element):
+# the table names, and the ruleset's generation, which every nftables transaction on the
+# host (pynet's, dockerd's, iptables-nft's) advances.
+_FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
+
+
+def _netlink(request: Callable[[PyrouteNFTables], Any]) -> Any:
     try:
-        ctypes.CDLL(LIBRARY)
-    except OSError:
-        return False
-    return True
+        sock = PyrouteNFTables(nfgen_family=0)  # NFPROTO_UNSPEC: every family
+    except OSError as exc:
+        raise KernelError(f"nftables netlink socket: {exc}") from exc
+    try:
+        return request(sock)
+    except (OSError, NetlinkError) as exc:
+        raise KernelError(f"nftables netlink request failed: {exc}") from exc
+    finally:
+        sock.close()
+
+
+def tables(family: str) -> list[str]:
+    """The names of the tables of ``family`` ("inet", "ip" or "ip6")."""
+    number = _FAMILIES[family]
+    return [t.get_attr("NFTA_TABLE_NAME") for t in _netlink(lambda s: s.get_tables())
+            if t["nfgen_family"] == number]
+
+
+def generation() -> int:
+    """The nftables ruleset's generation: unchanged means no table changed."""
+    replies = _netlink(lambda s: s.request_get(nfgen_msg(), NFT_MSG_GETGEN))
+    return int(replies[0].get_attr("NFTA_GEN_ID"))
+

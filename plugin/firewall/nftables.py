@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.errors import KernelError
-from plugin.firewall.libnft import Nft
+from plugin.firewall.libnft import Nft, generation, tables
 from plugin.firewall.rules import LOOPBACK, Desired
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,9 @@ class NFTables:
         self.nft = nft or Nft()
         self._lock = threading.Lock()
         self._known: NftState | None = None
+        # The ruleset generation and the state a periodic check last found in place: while
+        # neither changes, the next check need not list the table.
+        self._verified: tuple[int, NftState] | None = None
 
     def _problem(self, state: NftState) -> str | None:
         objects = self.nft.table(FAMILY, self.table)
@@ -310,8 +313,15 @@ class NFTables:
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """What a fresh read says must change, or None. Takes no lock: calls must not wait
-        for the periodic check."""
-        return self._problem(render(desired()))
+        for the periodic check. Listing a large table costs much more than asking for the
+        generation, so an idle host is checked by the generation alone."""
+        gen, state = generation(), render(desired())
+        if self._verified == (gen, state):
+            return None
+        problem = self._problem(state)
+        if problem is None:
+            self._verified = (gen, state)  # the generation read before the listing
+        return problem
 
     def remove_all(self) -> bool:
         """Delete pynet's table (uninstall); True if it was there."""
@@ -324,11 +334,11 @@ class NFTables:
 
     def layout(self) -> str:
         """Which firewall dockerd keeps, from the tables there are."""
-        if dockerd_nftables(self.nft):
+        if dockerd_nftables():
             return "Docker's nftables backend (table ip docker-bridges)"
         return "no table ip docker-bridges (dockerd runs iptables, or is not running)"
 
 
-def dockerd_nftables(nft: Nft) -> bool:
+def dockerd_nftables() -> bool:
     """Whether dockerd runs its nftables firewall backend (its bridge table exists)."""
-    return "docker-bridges" in nft.tables("ip")
+    return "docker-bridges" in tables("ip")

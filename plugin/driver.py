@@ -213,10 +213,13 @@ class Driver:
         itself (a user's bridge the network takes over) and of this instance's other bridges
         (left to _drop_superseded) are no conflict, nor are default routes (0.0.0.0/0, or the
         two halves a VPN installs in its place)."""
-        for dst, name in self.netlink.routes_v4():
-            if dst.prefixlen <= 1 or not dst.overlaps(pool):
+        mine: set[str] | None = None
+        for dst, name in self.netlink.routes_v4(overlapping=pool):
+            if dst.prefixlen <= 1 or name == bridge:
                 continue
-            if name == bridge or self.store.network_by_bridge(name) is not None:
+            if mine is None:
+                mine = {n.bridge for n in self.store.networks()}
+            if name in mine:
                 continue
             raise InvalidRequest(f"subnet {pool} overlaps the host's route to {dst} via {name}"
                                  ": the network's bridge would take those addresses from it; "

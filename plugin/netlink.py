@@ -172,20 +172,29 @@ class Netlink:
         return msgs[0].link if msgs else None
 
     @staticmethod
-    def routes_v4() -> list[tuple[ipaddress.IPv4Network, str]]:
-        """The main table's IPv4 routes as (destination, interface name), from procfs.
+    def routes_v4(overlapping: ipaddress.IPv4Network | None = None
+                  ) -> list[tuple[ipaddress.IPv4Network, str]]:
+        """The main table's IPv4 routes as (destination, interface name), from procfs; with
+        ``overlapping``, only those whose destination overlaps it.
 
         CreateNetwork checks a new pool against them; a netlink dump through pyroute2 costs a
         few milliseconds even for a handful of routes (and grows with every bridge), the
-        kernel's text table a fraction of one. ``thread-self``: the calling thread's namespace
-        (kernel tests run their driver in a throwaway one)."""
+        kernel's text table a fraction of one, and comparing integers before making address
+        objects keeps it so with a thousand bridges. ``thread-self``: the calling thread's
+        namespace (kernel tests run their driver in a throwaway one)."""
         found = []
         with open("/proc/thread-self/net/route") as table:
             next(table)  # the header line
             for line in table:
                 iface, dst, _gateway, _flags, _ref, _use, _metric, mask = line.split()[:8]
-                network = ipaddress.IPv4Address(struct.pack("=I", int(dst, 16)))  # host order
-                prefix = bin(int(mask, 16)).count("1")
+                packed = struct.pack("=I", int(dst, 16))  # the table prints host byte order
+                prefix = int(mask, 16).bit_count()
+                if overlapping is not None:
+                    shift = 32 - min(prefix, overlapping.prefixlen)
+                    ours = int(overlapping.network_address) >> shift if shift < 32 else 0
+                    if shift < 32 and int.from_bytes(packed, "big") >> shift != ours:
+                        continue
+                network = ipaddress.IPv4Address(packed)
                 found.append((ipaddress.IPv4Network((network, prefix), strict=False), iface))
         return found
 

@@ -143,3 +143,18 @@ def test_links_and_addresses_read_as_ip_shows_them(nl: Netlink, ns: str) -> None
     assert nl.all_addresses()[bridge] == nl.addresses("pnbr0") >= {
         GW, ipaddress.ip_interface("fd00:231::1/64")}
     assert {str(a) for a in nl.addresses("pnbr0")} == set(ip_addrs(ns, "pnbr0"))
+
+
+@pytest.mark.parametrize("pool", ["10.231.240.0/24", "10.231.0.0/16", "10.0.0.0/8",
+                                  "0.0.0.0/0", "10.231.240.128/25", "192.0.2.0/24"])
+def test_routes_overlapping_a_pool_are_those_that_overlap_it(nl: Netlink, ns: str,
+                                                              pool: str) -> None:
+    """The integer pre-filter gives what ``IPv4Network.overlaps`` gives, on the kernel's
+    own table (a bridge with two addresses: two connected routes)."""
+    nl.ensure_bridge("pt-routes", alias=None)
+    nl.ensure_address("pt-routes", ipaddress.IPv4Interface("10.231.240.1/24"))
+    nl.ensure_address("pt-routes", ipaddress.IPv4Interface("192.0.2.77/28"))
+    every = nl.routes_v4()
+    assert len(every) >= 2
+    network = ipaddress.IPv4Network(pool)
+    assert nl.routes_v4(overlapping=network) == [r for r in every if r[0].overlaps(network)]

@@ -42,10 +42,12 @@ class FakeNetlink:
     def sibling(self) -> "FakeNetlink":
         return self
 
-    def routes_v4(self) -> list[tuple[ipaddress.IPv4Network, str]]:
+    def routes_v4(self, overlapping: ipaddress.IPv4Network | None = None
+                  ) -> list[tuple[ipaddress.IPv4Network, str]]:
         """The host's routes, and one per bridge address (as the kernel adds them)."""
-        return HOST_ROUTES + [(ipaddress.IPv4Interface(address).network, name)
-                              for name, found in self.addresses.items() for address in found]
+        routes = HOST_ROUTES + [(ipaddress.IPv4Interface(address).network, name)
+                                for name, found in self.addresses.items() for address in found]
+        return [r for r in routes if overlapping is None or r[0].overlaps(overlapping)]
 
     def get(self, name: str) -> Link | None:
         return self.links.get(name)

@@ -5,7 +5,7 @@ NAME ?= pynet
 TAG ?= latest
 PYTEST_ARGS ?=
 
-.PHONY: venv run test unit lint plugin plugin-rm bench image clean
+.PHONY: venv run test unit lint plugin plugin-rm bench scale image clean
 
 venv: $(VENV)/bin/pynet
 
@@ -37,6 +37,9 @@ plugin-rm:
 
 bench: venv image
 	$(VENV)/bin/python scripts/bench.py
+
+scale: venv image
+	$(VENV)/bin/python scripts/scale.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

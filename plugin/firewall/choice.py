@@ -43,24 +43,37 @@ class Selected:
         try:
             nftables = self._dockerd_nftables()
         except KernelError:
-            nftables = False  # no libnftables here: dockerd cannot run nftables either
+            nftables = False  # nftables' netlink unusable here: dockerd cannot use it either
         return self.backends["nftables" if nftables else "iptables"]
 
     def _follow(self, desired: Callable[[], Desired]) -> bool:
-        """Move to the wanted backend if it is not the current one; True if it moved."""
-        with self._lock:
-            wanted = self._wanted()
-            if wanted is self._current:
-                return False
+        """Move to the wanted backend if it is not the current one; True if it moved (the
+        caller holds the lock). A move that fails leaves the current backend in charge (the
+        caller then repairs it); with none yet, ``auto`` falls back to iptables."""
+        wanted = self._wanted()
+        if wanted is self._current:
+            return False
+        try:
             wanted.apply(desired, fresh=True)
+        except KernelError as exc:
             if self._current is not None:
-                log.info("firewall: pynet's rules move from %s to %s (dockerd's firewall "
-                         "changed)", self._current.name, wanted.name)
-            self._current = wanted
-            for other in self.backends.values():
-                if other is not wanted:
-                    self._clear(other)
-            return True
+                log.warning("firewall: cannot move pynet's rules to %s (%s); %s keeps "
+                            "them", wanted.name, exc, self._current.name)
+                return False
+            fallback = self.backends["iptables"]
+            if self.choice != "auto" or wanted is fallback:
+                raise
+            log.warning("firewall: %s failed (%s); writing iptables instead", wanted.name, exc)
+            wanted = fallback
+            wanted.apply(desired, fresh=True)
+        if self._current is not None:
+            log.info("firewall: pynet's rules move from %s to %s (dockerd's firewall "
+                     "changed)", self._current.name, wanted.name)
+        self._current = wanted
+        for other in self.backends.values():
+            if other is not wanted:
+                self._clear(other)
+        return True
 
     @staticmethod
     def _clear(backend: Firewall) -> None:
@@ -74,16 +87,23 @@ class Selected:
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:
         """See ``Firewall.apply``; a fresh apply first follows dockerd's firewall."""
-        moved = self._follow(desired) if fresh or self._current is None else False
-        assert self._current is not None
-        return self._current.apply(desired, fresh=fresh, keep=keep) or moved
+        # One lock for moves and writes: a write must not go to a backend a move is
+        # clearing (each backend serialises its writes anyway).
+        with self._lock:
+            moved = self._follow(desired) if fresh or self._current is None else False
+            assert self._current is not None
+            return self._current.apply(desired, fresh=fresh, keep=keep) or moved
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """See ``Firewall.repair_needed``; a backend move is a repair."""
-        wanted = self._wanted()
-        if self._current is not None and wanted is not self._current:
-            return f"pynet's rules must move from {self._current.name} to {wanted.name}"
-        return wanted.repair_needed(desired)
+        wanted, current = self._wanted(), self._current
+        if current is None:
+            return wanted.repair_needed(desired)
+        problem = current.repair_needed(desired)
+        if wanted is not current:
+            move = f"pynet's rules must move from {current.name} to {wanted.name}"
+            return move if problem is None else f"{move}; {problem}"
+        return problem
 
     def remove_all(self) -> bool:
         """Remove every backend's rules; True if any were there."""

@@ -83,7 +83,13 @@ class Nft:
         does not exist."""
         if name not in tables(family):
             return None
-        objects = json.loads(self.run(f"list table {family} {name}", json_output=True))
+        try:
+            listing = self.run(f"list table {family} {name}", json_output=True)
+        except KernelError:
+            if name not in tables(family):
+                return None  # deleted meanwhile
+            raise
+        objects = json.loads(listing)
         return [item for item in objects.get("nftables", []) if "metainfo" not in item]
 
 

@@ -12,8 +12,9 @@ one transaction; nothing is read back.
   to the containers directly).
 * ``forward`` (filter priority): ``oifname vmap @inbound`` jumps to ``in-<BR>``: replies,
   DNATed connections to a published port (set ``@ports``), trusted interfaces to a published
-  port, the bridge's own traffic if icc; everything else is dropped. ``iifname vmap
-  @outbound`` drops what leaves an internal network.
+  port, the bridge's own traffic if icc; everything else is dropped. Before it, ``iifname vmap
+  @outbound`` jumps to ``out-<BR>`` of an internal network, which drops what leaves it (its
+  containers' packets to a host address would otherwise be DNATed to a published port).
 * nat: ``nat-prerouting`` (not from 127.0.0.0/8) and ``nat-output`` send packets for host
   addresses to ``published`` (maps ``@port_host``: address . protocol . port, and
   ``@port_any``: protocol . port); ``nat-postrouting`` masquerades hairpin connections (set
@@ -65,8 +66,8 @@ BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
         "ip daddr @subnets fib daddr type != local drop",
     )),
     "forward": ("type filter hook forward priority filter; policy accept;", (
+        "iifname vmap @outbound",  # first: the accepts of in-<BR> end the chain
         "oifname vmap @inbound",
-        "iifname vmap @outbound",
     )),
     "published": (None, (
         "dnat ip to ip daddr . meta l4proto . th dport map @port_host",
@@ -113,7 +114,8 @@ def render(desired: Desired) -> NftState:
         intra = (f"iifname {quoted} accept",) if net.icc else ()
         if net.internal:
             state.chains[f"in-{br}"] = (*intra, "drop")
-            el["outbound"][quoted] = "drop"
+            state.chains[f"out-{br}"] = (f"oifname != {quoted} drop",)
+            el["outbound"][quoted] = f"jump out-{br}"
         else:
             via_trusted = ((f"iifname {_names(net.trusted)} {_PORT} accept",)
                            if net.trusted else ())
@@ -217,7 +219,8 @@ def _listed_elements(item: dict[str, Any]) -> dict[str, str | None]:
     """The elements of a set or map object of nft's JSON listing."""
     kinds = item["type"] if isinstance(item["type"], list) else [item["type"]]
     values = item.get("map")  # a map's value type: "verdict", "ipv4_addr . inet_service"
-    value_kinds = values.split(" . ") if values else []
+    # (nftables 1.1 and later list a concatenation as a list)
+    value_kinds = values if isinstance(values, list) else values.split(" . ") if values else []
     out: dict[str, str | None] = {}
     for elem in item.get("elem", []):
         if values is None:

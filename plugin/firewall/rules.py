@@ -22,13 +22,13 @@ The layout, per network (``BR`` its bridge):
 * The data plane does not pay per network where pynet names the bridges (``pn-<id>``, unless
   ``com.docker.network.bridge.name`` says otherwise): both chains start with rules that match
   every such bridge by its name prefix (``-i pn-+``). In ``<P>-FORWARD`` replies and the rest
-  of established connections into or out of them are accepted at once (their first packet
-  passed every check). In ``<P>-RAW`` loopback is dropped for all of them, and the rest of
-  what they send returns at once: the subnet drops below are for packets from the host's
-  other interfaces; a packet from one pynet bridge to another network enters that network's
-  bridge only as ``<P>-FORWARD`` allows (a reply, a DNATed published port). Each network's own
-  rules follow, oldest first, so a new network's are appended (iptables-nft inserts anywhere
-  but at the ends only after reading the whole chain).
+  of established connections into them are accepted at once (their first packet passed every
+  check); only the internal networks' drops come before. In ``<P>-RAW`` loopback is dropped
+  for all of them, and the rest of what they send returns at once: the subnet drops below are
+  for packets from the host's other interfaces; a packet from one pynet bridge to another
+  network enters that network's bridge only as ``<P>-FORWARD`` allows (a reply, a DNATed
+  published port). Each network's own rules follow, oldest first, so a new network's are
+  appended (iptables-nft inserts anywhere but at the ends only after reading the whole chain).
 * filter ``<P>-EGRESS``, hooked right below dockerd's FORWARD jumps: what leaves ``BR`` for
   elsewhere is accepted there, after dockerd had its say, so Docker's own networks stay closed
   to pynet's containers as they are to each other (Docker 28+ drops what enters its bridges
@@ -219,11 +219,21 @@ def _prefixed(bridge: str) -> bool:
     return bridge.startswith(BRIDGE_PREFIX)
 
 
-# The top of <P>-FORWARD and <P>-RAW: what they decide for all bridges named pn-*.
-FORWARD_HEAD = [f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                f"-i {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+# The top of <P>-FORWARD and <P>-RAW: what they decide for all bridges named pn-*. Only what
+# enters them: what leaves them for elsewhere goes through dockerd's rules (its internal
+# networks drop replies to them) before <P>-EGRESS accepts it.
+FORWARD_HEAD = [f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
 RAW_HEAD = [f"-s {LOOPBACK} -i {ANY_BRIDGE} -j DROP", f"-d {LOOPBACK} -i {ANY_BRIDGE} -j DROP",
             f"-i {ANY_BRIDGE} -j RETURN"]
+
+
+def internal_drops(net: NetworkSpec) -> list[str]:
+    """What crosses an internal network's bridge, dropped above everything else in
+    ``<P>-FORWARD``: its containers' packets to a host address are DNATed to other networks'
+    published ports, and the accepts below (published ports, the shared reply accept) would
+    take them."""
+    br = net.bridge
+    return [f"-i {br} ! -o {br} -j DROP", f"! -i {br} -o {br} -j DROP"]
 
 
 def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
@@ -295,7 +305,8 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     not matter; oldest first appends a new network's rules at the end of each chain, where
     iptables-nft adds without reading the chain (inserting at rule N reads all of it).
     """
-    forward: list[str] = list(FORWARD_HEAD)
+    forward: list[str] = [rule for net in networks if net.internal
+                          for rule in internal_drops(net)] + FORWARD_HEAD
     egress: list[str] = []
     isolation: list[str] = []
     raw: list[str] = list(RAW_HEAD)

@@ -73,6 +73,8 @@ def attack(w: World) -> dict[str, str]:
             netcheck.probe(out.ns, c0_ip, 80),
         "internal container -> host address":
             netcheck.probe(w.namespace("c1"), out.host_ip, p["hostsrv"]),
+        "internal container -> another network's published port (its gateway address)":
+            netcheck.probe(w.namespace("c1"), w.address("gw:n1"), p["H1"]),
         "Docker bridge network container -> container":
             netcheck.probe(d0_ns, c0_ip, 80),
         "docker0 container -> container":
@@ -93,6 +95,7 @@ EXPECTED = {  # what Docker 29's bridge driver does, and pynet on every engine
     "neighbour -> container address, unpublished port": "blocked",
     "neighbour -> container address, published port": "blocked",
     "internal container -> host address": "blocked",
+    "internal container -> another network's published port (its gateway address)": "blocked",
     "Docker bridge network container -> container": "blocked",
     "docker0 container -> container": "blocked",
     "container -> Docker bridge network container (its published port)": "blocked",

@@ -92,3 +92,40 @@ def test_uninstall_removes_both_and_tolerates_the_unused_ones_tools() -> None:
     fw.apply(lambda: NOTHING)
     assert fw.remove_all()
     assert "iptables remove" in journal and "nftables remove" in journal
+
+
+class Failing(Recording):
+    """A backend whose writes fail (no libnftables, say)."""
+
+    def apply(self, desired: Callable[[], Desired], fresh: bool = False,
+              keep: bool = False) -> bool:
+        self.journal.append(f"{self.name} apply failed")
+        raise KernelError(f"{self.name}: cannot write")
+
+
+def test_a_failing_move_keeps_and_repairs_the_current_backend() -> None:
+    journal: list[str] = []
+    dockerd = [False]
+    backends = {"iptables": Recording("iptables", journal),
+                "nftables": Failing("nftables", journal)}
+    fw = Selected("auto", backends, lambda: dockerd[0])  # type: ignore[arg-type]
+    fw.apply(lambda: NOTHING)
+    dockerd[0] = True
+    journal.clear()
+    assert fw.apply(lambda: NOTHING, fresh=True) is False
+    assert journal == ["nftables apply failed", "iptables apply fresh=True"]
+    assert fw.name == "iptables"
+    assert fw.repair_needed(lambda: NOTHING) == \
+        "pynet's rules must move from iptables to nftables"
+
+
+def test_auto_falls_back_to_iptables_when_nftables_fails_at_start() -> None:
+    journal: list[str] = []
+    backends = {"iptables": Recording("iptables", journal),
+                "nftables": Failing("nftables", journal)}
+    fw = Selected("auto", backends, lambda: True)  # type: ignore[arg-type]
+    fw.apply(lambda: NOTHING)
+    assert fw.name == "iptables"
+    named = Selected("nftables", backends, lambda: True)  # type: ignore[arg-type]
+    with pytest.raises(KernelError):
+        named.apply(lambda: NOTHING)

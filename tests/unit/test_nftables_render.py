@@ -16,7 +16,7 @@ def test_a_network_create_only_adds() -> None:
     assert batch is not None
     assert all(line.startswith("add ") for line in batch.splitlines())
     assert "add chain inet t in-pn-b" in batch
-    assert 'add element inet t outbound { "pn-b" : drop }' in batch
+    assert 'add element inet t outbound { "pn-b" : jump out-pn-b }' in batch
 
 
 def test_a_network_rm_removes_the_elements_before_the_chain() -> None:
@@ -38,7 +38,8 @@ def test_no_change_is_no_batch() -> None:
 def test_internal_and_icc_off_drop_all_that_enters_and_leaves() -> None:
     state = render(Desired([B], []))
     assert state.chains["in-pn-b"] == ("drop",)
-    assert state.elements["outbound"] == {'"pn-b"': "drop"}
+    assert state.chains["out-pn-b"] == ('oifname != "pn-b" drop',)
+    assert state.elements["outbound"] == {'"pn-b"': "jump out-pn-b"}
     assert state.elements["bridges"] == {}  # no loopback NAT onto an internal bridge
     assert state.elements["masquerading"] == {}
 

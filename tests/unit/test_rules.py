@@ -196,8 +196,11 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
     f, nat, raw = rules.chains["filter"], rules.chains["nat"], rules.chains["raw"]["PT-RAW"]
     intra = ["-i pt-br0 -o pt-br0 -j ACCEPT"] if icc else []
     assert raw[-1] == RAW_RULES[-1]  # nothing routed from elsewhere reaches the subnet
-    assert f["PT-FORWARD"][:2] == FORWARD_HEAD and raw[:3] == RAW_HEAD
-    f["PT-FORWARD"], raw = f["PT-FORWARD"][2:], raw[3:]
+    # An internal network's crossings are dropped above the shared reply accept.
+    drops = ["-i pt-br0 ! -o pt-br0 -j DROP", "! -i pt-br0 -o pt-br0 -j DROP"] if internal else []
+    head = len(drops) + len(FORWARD_HEAD)
+    assert f["PT-FORWARD"][:head] == drops + FORWARD_HEAD and raw[:3] == RAW_HEAD
+    f["PT-FORWARD"], raw = f["PT-FORWARD"][head:], raw[3:]
     if internal:
         assert f["PT-FORWARD"] == intra + ["-o pt-br0 -j DROP", "-i pt-br0 -j DROP"]
         assert f["PT-EGRESS"] == []
@@ -507,3 +510,15 @@ def test_an_earlier_releases_chains_are_removed_where_docker_had_no_stages() -> 
     old.tables["filter"]["FORWARD"] = ["-j PT-FORWARD"]
     after = converge(ports_rules(False), old)
     assert after.tables == converge(ports_rules(False), parse_save(NO_DOCKER)).tables
+
+
+def test_an_internal_networks_drops_come_before_every_accept() -> None:
+    """Its containers' packets to their gateway address are DNATed to other networks'
+    published ports: no port accept or reply accept may come first, whichever network is
+    older."""
+    internal = NetworkSpec("pn-0123456789ab", ipaddress.IPv4Network("10.231.131.0/24"),
+                           internal=True)
+    port = PortSpec("pt-br0", CIP, "tcp", 80, None, 18080)
+    forward = render(C, [one(), internal], [port], False).chains["filter"]["PT-FORWARD"]
+    assert forward[:3] == ["-i pn-0123456789ab ! -o pn-0123456789ab -j DROP",
+                           "! -i pn-0123456789ab -o pn-0123456789ab -j DROP", *FORWARD_HEAD]

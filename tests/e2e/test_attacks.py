@@ -16,11 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import Instance, Subnets, docker, engine, free_port, link, links
+from lab import Instance, Subnets, docker, engine, firewall_backend, free_port, link, links
 from tests.e2e import netcheck
 from tests.e2e.differential import DOCKER, PYNET, Lab, World
 
 BLOCKED = {"timeout", "enetunreach", "ehostunreach"}
+INTERNAL_TO_PORT = "internal container -> another network's published port (its gateway address)"
 
 
 def mac(ifname: str) -> str:
@@ -73,8 +74,7 @@ def attack(w: World) -> dict[str, str]:
             netcheck.probe(out.ns, c0_ip, 80),
         "internal container -> host address":
             netcheck.probe(w.namespace("c1"), out.host_ip, p["hostsrv"]),
-        "internal container -> another network's published port (its gateway address)":
-            netcheck.probe(w.namespace("c1"), w.address("gw:n1"), p["H1"]),
+        INTERNAL_TO_PORT: netcheck.probe(w.namespace("c1"), w.address("gw:n1"), p["H1"]),
         "Docker bridge network container -> container":
             netcheck.probe(d0_ns, c0_ip, 80),
         "docker0 container -> container":
@@ -95,7 +95,7 @@ EXPECTED = {  # what Docker 29's bridge driver does, and pynet on every engine
     "neighbour -> container address, unpublished port": "blocked",
     "neighbour -> container address, published port": "blocked",
     "internal container -> host address": "blocked",
-    "internal container -> another network's published port (its gateway address)": "blocked",
+    INTERNAL_TO_PORT: "blocked",
     "Docker bridge network container -> container": "blocked",
     "docker0 container -> container": "blocked",
     "container -> Docker bridge network container (its published port)": "blocked",
@@ -121,7 +121,13 @@ def test_attacks_blocked_as_by_the_newest_bridge_driver(worlds: dict[str, World]
                        for what in EXPECTED)
     assert pynet_saw == EXPECTED, report
     if engine() >= 28:
-        assert docker_saw == EXPECTED, "the bridge driver disagrees (harness?)\n" + report
+        docker_expected = dict(EXPECTED)
+        if firewall_backend() == "nftables":
+            # Measured on 29.7: its nftables rules forward the DNATed packets of an internal
+            # network to another network's published port (its iptables rules drop them).
+            docker_expected[INTERNAL_TO_PORT] = "reached (ok c1@n1)"
+        assert docker_saw == docker_expected, \
+            "the bridge driver disagrees (harness?)\n" + report
 
 
 def test_ipv6_networks_are_refused_until_pynet_firewalls_ipv6(pynet: Instance,

@@ -16,7 +16,7 @@ from plugin.app import create_app
 from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
-from plugin.firewall.choice import Selected
+from plugin.firewall.choice import Selected, dockerd_runs_nftables
 from plugin.firewall.iptables import IPTables
 from plugin.firewall.nftables import NFTables, dockerd_nftables
 from plugin.firewall.rules import Chains
@@ -41,10 +41,10 @@ def build_driver(settings: Settings, owner: bool = True) -> Driver:
 def build_firewall(settings: Settings) -> Selected:
     """The firewall backend the settings choose (iptables chains named by the instance's
     prefix, or its nftables table named by the instance)."""
+    iptables = IPTables(Chains(settings.chain_prefix))
     return Selected(settings.firewall_backend,
-                    {"iptables": IPTables(Chains(settings.chain_prefix)),
-                     "nftables": NFTables(settings.name)},
-                    dockerd_nftables)
+                    {"iptables": iptables, "nftables": NFTables(settings.name)},
+                    lambda: dockerd_runs_nftables(dockerd_nftables, iptables.dockerd_chains))
 
 
 def setup_logging(level: str) -> None:

@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 CHOICES = ("auto", "iptables", "nftables")
 
 
+def dockerd_runs_nftables(bridge_table: Callable[[], bool],
+                          iptables_jumps: Callable[[], bool]) -> bool:
+    """Whether dockerd runs its nftables backend: its bridge table is there and its iptables
+    jumps are not (an engine restarted with iptables leaves the table behind, and its
+    FORWARD DROP policy then needs pynet's iptables accepts)."""
+    return bridge_table() and not iptables_jumps()
+
+
 class Selected:
     """The backend the setting names, as one ``Firewall``; every call goes to it."""
 

@@ -26,6 +26,7 @@ from plugin.firewall.rules import (
     Desired,
     Hook,
     RuleSet,
+    docker_iptables,
     docker_layout,
     render,
 )
@@ -387,6 +388,15 @@ class IPTables:
     def layout(self) -> str:
         """dockerd's firewall layout, read now."""
         return docker_layout(self.save().tables.get("filter", {}))
+
+    def dockerd_chains(self) -> bool:
+        """Whether dockerd's iptables jumps are in FORWARD (read now, the filter table only);
+        False where the iptables tools fail."""
+        try:
+            dump = parse_save(self._run("save", ["-t", "filter"]))
+        except KernelError:
+            return False
+        return docker_iptables(dump.tables.get("filter", {}))
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """What a fresh read says must change (a description), or None if the kernel matches;

@@ -343,5 +343,6 @@ class NFTables:
 
 
 def dockerd_nftables() -> bool:
-    """Whether dockerd runs its nftables firewall backend (its bridge table exists)."""
+    """Whether dockerd's nftables bridge table exists (``choice.dockerd_runs_nftables`` says
+    what it means)."""
     return "docker-bridges" in tables("ip")

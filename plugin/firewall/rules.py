@@ -59,6 +59,13 @@ BRIDGE_PREFIX = "pn-"  # of the bridges pynet names (``-o com.docker.network.bri
 ANY_BRIDGE = f"{BRIDGE_PREFIX}+"  # iptables' interface wildcard for all of them
 
 
+def docker_iptables(filter_chains: Mapping[str, list[str]]) -> bool:
+    """Whether dockerd keeps its iptables layout: FORWARD jumps into its chains."""
+    forward = filter_chains.get("FORWARD", [])
+    return any(f"-j {chain}" in forward for chain in (DOCKER_USER, DOCKER_FORWARD,
+                                                       DOCKER_ISOLATION_1))
+
+
 def docker_layout(filter_chains: Mapping[str, list[str]]) -> str:
     """Which engine's iptables layout dockerd keeps, from the jumps in the filter table (for
     logs and ``pynet status``; the rules depend only on whether the isolation stages exist).

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import pytest
 
 from plugin.errors import KernelError
-from plugin.firewall.choice import Selected
+from plugin.firewall.choice import Selected, dockerd_runs_nftables
 from plugin.firewall.rules import Desired
 
 NOTHING = Desired([], [])
@@ -129,3 +129,10 @@ def test_auto_falls_back_to_iptables_when_nftables_fails_at_start() -> None:
     named = Selected("nftables", backends, lambda: True)  # type: ignore[arg-type]
     with pytest.raises(KernelError):
         named.apply(lambda: NOTHING)
+
+
+def test_dockerd_runs_nftables_only_without_its_iptables_jumps() -> None:
+    """A dockerd restarted with iptables leaves its nftables table behind."""
+    assert dockerd_runs_nftables(lambda: True, lambda: False)
+    assert not dockerd_runs_nftables(lambda: True, lambda: True)
+    assert not dockerd_runs_nftables(lambda: False, lambda: False)

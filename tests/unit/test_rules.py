@@ -29,6 +29,7 @@ from plugin.firewall.rules import (
     NetworkSpec,
     PortSpec,
     RuleSet,
+    docker_iptables,
     docker_layout,
     hooks,
     render,
@@ -522,3 +523,9 @@ def test_an_internal_networks_drops_come_before_every_accept() -> None:
     forward = render(C, [one(), internal], [port], False).chains["filter"]["PT-FORWARD"]
     assert forward[:3] == ["-i pn-0123456789ab ! -o pn-0123456789ab -j DROP",
                            "! -i pn-0123456789ab -o pn-0123456789ab -j DROP", *FORWARD_HEAD]
+
+
+def test_dockerd_iptables_is_told_by_its_forward_jumps() -> None:
+    assert docker_iptables(parse_save(BASELINE).tables["filter"])  # 20.10
+    assert docker_iptables(parse_save(ENGINE_29).tables["filter"])
+    assert not docker_iptables({"FORWARD": ["-j PT-FORWARD"], "DOCKER-USER": []})

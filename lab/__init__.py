@@ -400,6 +400,12 @@ def serving(env: dict[str, str] | None = None) -> Iterator[Instance]:
     assert not leftovers, f"the test left these behind: {leftovers}"
 
 
+def instance_links(name: str) -> list[str]:
+    """The links a pynet instance made (its alias marks them)."""
+    return [item["ifname"] for item in links()
+            if item.get("ifalias", "").startswith(f"pynet:{name}:")]
+
+
 def purge_instance(inst: Instance) -> list[str]:
     """Remove everything an instance made: containers, networks, links, chains, state.
 

@@ -40,6 +40,7 @@ from lab import (  # noqa: E402
     ensure_image,
     firewall_backend,
     free_port,
+    instance_links,
     purge_instance,
     run,
     wait_for,
@@ -153,6 +154,9 @@ def column_driver(label: str) -> Iterator[tuple[str, Instance | None]]:
     try:
         yield inst.name, inst
     finally:
+        # The reaper removes bridges just after dockerd hears back: let it finish.
+        wait_for(f"{inst.name} to remove its bridges", lambda: not instance_links(inst.name),
+                 timeout=300, interval=0.5)
         left = purge_instance(inst)
         if left:
             print(f"scale: {inst.name} left {left}", file=sys.stderr)

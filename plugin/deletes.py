@@ -63,10 +63,21 @@ class Deletes:
         self._unpublished: dict[str, int] = {}
         self._unpublished_lock = threading.Lock()
         self._serial = itertools.count()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the reaper thread (a daemon: a clean stop reaps in the foreground)."""
-        threading.Thread(target=self._reaper, name="reaper", daemon=True).start()
+        self._thread = threading.Thread(target=self._reaper, name="reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the reaper thread and wait for it: the caller is about to close the database
+        and sockets it reads (a query on a closed sqlite connection can crash the process)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def wake(self) -> None:
         """Something was marked: let the reaper finish it."""
@@ -89,6 +100,8 @@ class Deletes:
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 self.reap()
             except Exception:

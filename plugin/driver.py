@@ -94,6 +94,15 @@ class Driver:
         self._confirmed: set[str] = set()  # networks dockerd named since this server started
         self.deletes.start()
 
+    def close(self) -> None:
+        """Stop the reaper, then release the sockets and the database (in-process users:
+        tests and tools; the server's process just exits)."""
+        self.deletes.stop()
+        self._side.shutdown(wait=True)
+        self._deleter.close()
+        self.netlink.close()
+        self.store.close()
+
     @property
     def epoch(self) -> int:
         """Odd while a call runs, and changed by every call: the periodic check, which reads

@@ -20,4 +20,5 @@ def driver(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Driver]:
     d.ready.set()
     yield d
     d.reap()
+    d.close()
     purge_instance(inst)

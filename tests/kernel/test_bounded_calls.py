@@ -52,8 +52,7 @@ def app() -> Iterator[App]:
             driver = build_driver(Settings(name=f"pynet-b{secrets.token_hex(3)}",
                                            state_dir=state, call_deadline=DEADLINE))
             yield App(create_app(driver).test_client(), driver)
-            driver.netlink.close()
-            driver.store.close()
+            driver.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
 

@@ -37,5 +37,4 @@ def test_the_other_backend_takes_over_at_start(driver: Driver) -> None:
                            {"NetworkID": nid}) == {}
         restarted.reap()
     finally:
-        restarted.netlink.close()
-        restarted.store.close()
+        restarted.close()

@@ -40,8 +40,7 @@ def client_in_netns(tmp_path: Path, sysctl_root: str) -> Iterator[FlaskClient]:
         try:
             yield create_app(driver).test_client()
         finally:
-            driver.netlink.close()
-            driver.store.close()
+            driver.close()
 
 
 def create(client: FlaskClient, pool: str, gateway: str, bridge: str) -> dict[str, Any]:

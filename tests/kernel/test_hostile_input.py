@@ -189,8 +189,7 @@ def world() -> Iterator[World]:
             w.baseline = w.snapshot()
             yield w
             w.ipr.close()
-            driver.netlink.close()
-            driver.store.close()
+            driver.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
 

@@ -42,6 +42,9 @@ class FakeNetlink:
     def sibling(self) -> "FakeNetlink":
         return self
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def routes_v4(self, overlapping: ipaddress.IPv4Network | None = None
                   ) -> list[tuple[ipaddress.IPv4Network, str]]:
         """The host's routes, and one per bridge address (as the kernel adds them)."""
@@ -131,8 +134,7 @@ def world(tmp_path: Path) -> Iterator[World]:
                     netlink, sysctl, firewall, PortReservations(sysctl))  # type: ignore[arg-type]
     driver.ready.set()
     yield World(driver, netlink, firewall)
-    with driver.deletes.reap_lock:  # the reaper thread is not in the database
-        driver.store.close()
+    driver.close()
 
 
 def create(pool: str, space: str = "LocalDefault", bridge: str = "") -> protocol.CreateNetwork:

@@ -96,6 +96,16 @@ def docker_api(path: str) -> dict:
     return json.loads(done.stdout)
 
 
+def docker_api_post(path: str, body: dict[str, Any]) -> tuple[int, dict]:
+    """A POST to dockerd's API (for what the tests' CLI cannot say): the HTTP status and the
+    JSON answer."""
+    done = run(["curl", "-s", "--max-time", "30", "--unix-socket", "/var/run/docker.sock",
+                "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(body),
+                "-w", "\n%{http_code}", f"http://localhost/{path}"])
+    answer, status = done.stdout.rsplit("\n", 1)
+    return int(status), json.loads(answer or "{}")
+
+
 def free_port() -> int:
     """A host TCP port nothing listens on right now (the kernel's pick, free on every
     address), for a fixed ``-p`` or a test server."""
@@ -111,15 +121,23 @@ def hex_id() -> str:
 
 def network_body(network_id: str, pool: str, gateway: str | None = None, *,
                  space: str = "LocalDefault", generic: dict[str, str] | None = None,
-                 aux: dict[str, str] | None = None) -> dict[str, Any]:
+                 aux: dict[str, str] | None = None, pool_v6: str | None = None,
+                 internal: bool = False) -> dict[str, Any]:
     """A CreateNetwork request as dockerd sends it; ``gateway`` defaults to the pool's first
-    address (with its prefix), "" leaves it out."""
+    address (with its prefix), "" leaves it out; ``pool_v6`` adds an IPv6 pool (gateway its
+    first address)."""
     net = ipaddress.IPv4Network(pool)
     ipam: dict[str, Any] = {"AddressSpace": space, "Pool": pool, "AuxAddresses": aux or {}}
     if gateway != "":
         ipam["Gateway"] = gateway or f"{net[1]}/{net.prefixlen}"
-    return {"NetworkID": network_id, "IPv4Data": [ipam], "IPv6Data": [],
-            "Options": {"com.docker.network.enable_ipv6": False,
+    v6 = []
+    if pool_v6 is not None:
+        net6 = ipaddress.IPv6Network(pool_v6)
+        v6 = [{"AddressSpace": space, "Pool": pool_v6, "AuxAddresses": {},
+               "Gateway": f"{net6[1]}/{net6.prefixlen}"}]
+    return {"NetworkID": network_id, "IPv4Data": [ipam], "IPv6Data": v6,
+            "Options": {"com.docker.network.enable_ipv6": pool_v6 is not None,
+                        "com.docker.network.internal": internal,
                         "com.docker.network.generic": generic or {}}}
 
 
@@ -243,6 +261,11 @@ def iptables_save() -> str:
     return run(["iptables-save"]).stdout
 
 
+def ip6tables_save() -> str:
+    """The host's IPv6 rules."""
+    return run(["ip6tables-save"]).stdout
+
+
 def nft_objects(name: str) -> list[str]:
     """A pynet instance's nftables table (when it writes nftables) as sorted lines, one per
     chain, rule, set and element, without handles: equal for equal content, whatever order
@@ -265,7 +288,8 @@ def nft_objects(name: str) -> list[str]:
 def nft_host_port(name: str, address: str, port: int, proto: str) -> int | None:
     """The host port a pynet instance that writes nftables forwards to ``address:port``."""
     for line in nft_objects(name):
-        if line.startswith(("map port_any element", "map port_host element")):
+        if line.startswith(("map port_any element", "map port_host element",
+                            "map port_any6 element", "map port_host6 element")):
             key, value = json.loads(line.split(" element ", 1)[1])
             if value["concat"] == [address, port] and key["concat"][-2] == proto:
                 return int(key["concat"][-1])
@@ -276,8 +300,8 @@ def instance_firewall(name: str) -> list[str]:
     """Everything in the firewall that is a pynet instance's: its iptables chains and the
     jumps to them, and its nftables table."""
     prefix = f"{name.upper()}-"
-    return ([line for line in iptables_save().splitlines()
-             if prefix in line and not line.startswith("#")]
+    return ([line for save in (iptables_save(), ip6tables_save())
+             for line in save.splitlines() if prefix in line and not line.startswith("#")]
             + nft_objects(name))
 
 
@@ -316,6 +340,14 @@ class Subnets:
                                                                  "10.231.64.0/18"))
         self._all = list(self.pool.subnets(new_prefix=prefix))
         self._next = secrets.randbelow(len(self._all))
+
+    # IPv6 subnets: a /64 per /24, in a ULA /48 of the tests' own.
+    POOL_V6 = ipaddress.IPv6Network("fd7e:231::/48")
+
+    def v6(self, subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+        """The IPv6 /64 that goes with ``subnet`` (the /24 number in its fourth group)."""
+        number = (int(subnet.network_address) >> 8) & 0xFFFF
+        return ipaddress.IPv6Network((int(self.POOL_V6.network_address) | number << 64, 64))
 
     def take(self) -> ipaddress.IPv4Network:
         """The next subnet no host route overlaps now (rotating; tests remove their networks,

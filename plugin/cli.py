@@ -17,7 +17,7 @@ from plugin.config import Settings, from_env
 from plugin.driver import Driver
 from plugin.errors import PynetError
 from plugin.firewall.choice import Selected, dockerd_runs_nftables
-from plugin.firewall.iptables import IPTables
+from plugin.firewall.dualstack import DualStack
 from plugin.firewall.nftables import NFTables, dockerd_nftables
 from plugin.firewall.rules import Chains
 from plugin.netlink import Netlink
@@ -41,7 +41,7 @@ def build_driver(settings: Settings, owner: bool = True) -> Driver:
 def build_firewall(settings: Settings) -> Selected:
     """The firewall backend the settings choose (iptables chains named by the instance's
     prefix, or its nftables table named by the instance)."""
-    iptables = IPTables(Chains(settings.chain_prefix))
+    iptables = DualStack(Chains(settings.chain_prefix))
     return Selected(settings.firewall_backend,
                     {"iptables": iptables, "nftables": NFTables(settings.name)},
                     lambda: dockerd_runs_nftables(dockerd_nftables, iptables.dockerd_chains))
@@ -170,9 +170,9 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
         confirmed = None if started is None else n.confirmed >= started
         out.append({"network": n.id, "bridge": n.bridge, "state": n.state,
                     "confirmed": confirmed,
-                    "endpoints": [{"id": e.id, "address": e.address, "veth": e.host_veth,
-                                   "ports": [f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
-                                             for p in e.ports]} for e in endpoints]})
+                    "endpoints": [{"id": e.id, "address": e.address,
+                                   "address_v6": e.address_v6, "veth": e.host_veth,
+                                   "ports": [str(p) for p in e.ports]} for e in endpoints]})
     print(json.dumps(out, indent=2))
     print(f"firewall: {build_firewall(settings).layout()}", file=sys.stderr)
     return 0

@@ -33,6 +33,8 @@ from typing import Protocol
 
 from plugin.store import DELETING, EndpointRecord, NetworkRecord, Store
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ class Teardown(Protocol):
 
     def teardown_network(self, record: NetworkRecord) -> None: ...
 
-    def flush_conntrack(self, address: ipaddress.IPv4Address) -> None: ...
+    def flush_conntrack(self, address: Address) -> None: ...
 
 
 class Deletes:
@@ -57,7 +59,7 @@ class Deletes:
         self._owner = owner
         self._wake = threading.Event()
         self.reap_lock = threading.Lock()  # held while deletes are finished (module doc)
-        self._unflushed: queue.SimpleQueue[ipaddress.IPv4Address] = queue.SimpleQueue()
+        self._unflushed: queue.SimpleQueue[Address] = queue.SimpleQueue()
         # Container addresses whose port rules the reaper has not removed yet, each with the
         # serial number of its last unpublish (a tiny lock: calls and the reaper both write).
         self._unpublished: dict[str, int] = {}
@@ -83,13 +85,15 @@ class Deletes:
         """Something was marked: let the reaper finish it."""
         self._wake.set()
 
-    def unpublished(self, address: str, flush: bool = False) -> None:
-        """The ports of the endpoint at ``address`` were released; ``flush`` also drops the
-        address's conntrack entries once the rules are gone."""
+    def unpublished(self, addresses: list[str], flush: bool = False) -> None:
+        """The ports of the endpoint at ``addresses`` (its IPv4 and IPv6 one) were released;
+        ``flush`` also drops the addresses' conntrack entries once the rules are gone."""
         with self._unpublished_lock:
-            self._unpublished[address] = next(self._serial)
+            for address in addresses:
+                self._unpublished[address] = next(self._serial)
         if flush:
-            self._unflushed.put(ipaddress.IPv4Interface(address).ip)
+            for address in addresses:
+                self._unflushed.put(ipaddress.ip_interface(address).ip)
         self._wake.set()
 
     def rules_pending(self, address: str) -> bool:

@@ -73,6 +73,16 @@ class Epoch:
             self._value += steps
 
 
+def _overlap(config: NetworkConfig, req: protocol.CreateNetwork) -> str | None:
+    """"<pool of req> overlaps <subnet of config>" (IPv4 first), or None."""
+    if config.subnet.overlaps(ipaddress.IPv4Network(req.ipv4.pool)):
+        return f"{req.ipv4.pool} overlaps {config.subnet}"
+    if req.ipv6 is not None and config.subnet_v6 is not None \
+            and config.subnet_v6.overlaps(ipaddress.IPv6Network(req.ipv6.pool)):
+        return f"{req.ipv6.pool} overlaps {config.subnet_v6}"
+    return None
+
+
 class Driver:
     """Networks and endpoints of one pynet instance."""
 
@@ -205,10 +215,8 @@ class Driver:
                                      "nat only); leave the option out or use -d bridge for "
                                      "this network")
         if req.ipv6 is not None:
-            raise InvalidRequest(
-                "IPv6 networks are not supported by pynet yet: it has no IPv6 firewall, so "
-                "the network's containers would be open to every other network over IPv6; "
-                "create the network without --ipv6")
+            self._check_ipv6(ipaddress.IPv6Network(req.ipv6.pool), bridge,
+                             internal=req.options.internal)
         forwarding = self.sysctl.read("net/ipv4/ip_forward")
         if not req.options.internal and forwarding is not None and forwarding.strip() != "1":
             raise InvalidRequest(
@@ -216,14 +224,43 @@ class Driver:
                 "could not reach beyond their network; enable it (sysctl -w "
                 "net.ipv4.ip_forward=1) or create the network with --internal")
 
-    def _check_host_routes(self, pool: ipaddress.IPv4Network, bridge: str) -> None:
+    def _check_ipv6(self, pool: ipaddress.IPv6Network, bridge: str, internal: bool) -> None:
+        """Refuse an IPv6 network pynet could not firewall, whose pool the host routes, or
+        whose containers could not get out because the host does not forward IPv6 (pynet
+        does not turn that on: it makes the host route IPv6 between all its interfaces,
+        which is the administrator's call, as for IPv4)."""
+        disabled = self.sysctl.read("net/ipv6/conf/all/disable_ipv6")
+        if disabled is None or disabled.strip() != "0":
+            raise InvalidRequest("IPv6 is disabled on the host (booted with ipv6.disable=1, or "
+                                 "net.ipv6.conf.all.disable_ipv6=1); create the network "
+                                 "without --ipv6, or enable IPv6 on the host")
+        if not self.firewall.ipv6:
+            raise InvalidRequest(
+                f"pynet's {self.firewall.name} firewall cannot write IPv6 rules here (no "
+                "ip6tables on the host, or a backend without IPv6 yet), so the network's "
+                "containers would be open to every other network over IPv6; create the "
+                "network without --ipv6")
+        self._check_host_routes(pool, bridge)
+        forwarding = self.sysctl.read("net/ipv6/conf/all/forwarding")
+        if not internal and forwarding is not None and forwarding.strip() != "1":
+            raise InvalidRequest(
+                "IPv6 forwarding is off on the host (net.ipv6.conf.all.forwarding=0), so "
+                "containers could not reach beyond their network over IPv6; enable it "
+                "(sysctl -w net.ipv6.conf.all.forwarding=1, with 'ip6tables -P FORWARD DROP' "
+                "as Docker sets it, since the host then routes IPv6 between all its "
+                "interfaces) or create the network with --internal")
+
+    def _check_host_routes(self, pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                           bridge: str) -> None:
         """Refuse a pool that overlaps a route of the host's (its LAN, a VPN, another
         bridge): the bridge's route would take those addresses from it. Routes of ``bridge``
         itself (a user's bridge the network takes over) and of this instance's other bridges
         (left to _drop_superseded) are no conflict, nor are default routes (0.0.0.0/0, or the
         two halves a VPN installs in its place)."""
         mine: set[str] | None = None
-        for dst, name in self.netlink.routes_v4(overlapping=pool):
+        routes = self.netlink.routes_v4(overlapping=pool) if pool.version == 4 \
+            else self.netlink.routes_v6(overlapping=pool)
+        for dst, name in routes:
             if dst.prefixlen <= 1 or name == bridge:
                 continue
             if mine is None:
@@ -247,12 +284,12 @@ class Driver:
         marked for removal."""
         overlapping = [old for old in networks
                        if old.id != req.network_id and old.state == READY
-                       and old.config.subnet.overlaps(req.ipv4.pool)]
+                       and _overlap(old.config, req)]
         for old in overlapping:
             prev = old.config
             if not prev.address_space == req.ipv4.address_space == DOCKER_IPAM_SPACE:
                 raise InvalidRequest(
-                    f"subnet {req.ipv4.pool} overlaps {prev.subnet} of network {old.id[:12]} "
+                    f"subnet {_overlap(prev, req)} of network {old.id[:12]} "
                     f"(bridge {old.bridge}); choose another subnet, or if 'docker network "
                     f"ls' no longer shows that network, remove it with 'pynet forget "
                     f"{old.id[:12]}'")
@@ -272,19 +309,21 @@ class Driver:
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
         if config.gateway is not None and not config.inhibit_ipv4:
             self.netlink.ensure_address(br, config.gateway)
-        if config.gateway_v6 is not None:  # a network of a release that took --ipv6
+        if config.gateway_v6 is not None:
             self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "0")
             self.netlink.ensure_address(br, config.gateway_v6)
-            self.sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
         if not config.internal:
             # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
             self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
         self._ensure_bridge_netfilter(icc=config.enable_icc)
+        if config.gateway_v6 is not None:
+            self._ensure_bridge_netfilter(icc=config.enable_icc, family="ip6tables")
 
-    def _ensure_bridge_netfilter(self, icc: bool) -> None:
-        """Bridged traffic must pass iptables for icc=false (Docker needs the same) and for
-        a same-network peer using a published port (the reply is un-DNATed on the bridge)."""
-        key = "net/bridge/bridge-nf-call-iptables"
+    def _ensure_bridge_netfilter(self, icc: bool, family: str = "iptables") -> None:
+        """Bridged traffic must pass iptables (``family``: or ip6tables) for icc=false (Docker
+        needs the same) and for a same-network peer using a published port (the reply is
+        un-DNATed on the bridge)."""
+        key = f"net/bridge/bridge-nf-call-{family}"
         if self.sysctl.read(key) is not None:
             self.sysctl.ensure(key, "1")
         elif not icc:
@@ -363,7 +402,11 @@ class Driver:
         if req.address.ip not in network.config.subnet:
             raise InvalidRequest(f"address {req.address} is outside the network's subnet "
                                  f"{network.config.subnet}")
-        if self.deletes.rules_pending(str(req.address)):
+        subnet_v6 = network.config.subnet_v6
+        if req.address_v6 is not None and (subnet_v6 is None or req.address_v6 not in subnet_v6):
+            raise InvalidRequest(f"IPv6 address {req.address_v6} is outside the network's IPv6 "
+                                 f"subnet ({subnet_v6 or 'none: the network has no IPv6'})")
+        if any(self.deletes.rules_pending(str(a)) for a in (req.address, req.address_v6) if a):
             self.sync_firewall()  # the address's old port rules must not reach this endpoint
         record = self.store.endpoint(req.endpoint_id)
         if record is None:
@@ -424,8 +467,8 @@ class Driver:
         self._release_ports(record)  # now: the next docker run may want the same port
         record.state = DELETING
         self.store.put_endpoint(record)
-        if unpublished and record.address:
-            self.deletes.unpublished(record.address)
+        if unpublished:
+            self.deletes.unpublished(record.addresses())
         else:
             self.deletes.wake()
 
@@ -453,8 +496,7 @@ class Driver:
             "bridge": network.bridge if network else "",
             "host_veth": record.host_veth,
             "mac": record.mac,
-            "ports": " ".join(f"{p.host_ip}:{p.host_port}->{p.port}/{p.proto}"
-                              for p in record.ports),
+            "ports": " ".join(str(p) for p in record.ports),
         }
 
     # -- published ports -------------------------------------------------------------------
@@ -471,14 +513,7 @@ class Driver:
             self._release_ports(record)  # a retried call: start from nothing
         try:
             for binding in req.bindings:
-                host_ip = binding.host_ip or config.host_binding_ipv4
-                if host_ip.version != 4:
-                    log.warning("not publishing %s/%s on %s: pynet publishes IPv4 only",
-                                binding.port, binding.proto, host_ip)
-                    continue
-                port = self.ports.reserve(binding.proto, host_ip, binding.host_port,
-                                          binding.host_port_end)
-                record.ports.append(PortRecord(binding.proto, binding.port, str(host_ip), port))
+                record.ports += self._publish(binding, config, record)
             self.store.put_endpoint(record)
             checkpoint("program_external.recorded")
             self.sync_firewall()
@@ -488,6 +523,30 @@ class Driver:
             self.store.put_endpoint(record)
             self.sync_firewall()
             raise
+
+    def _publish(self, binding: protocol.PortBinding, config: NetworkConfig,
+                 record: EndpointRecord) -> list[PortRecord]:
+        """Reserve the host ports of one ``-p`` binding. Without a host address it is
+        published on host_binding_ipv4 and, where the endpoint has an IPv6 address and that
+        option was left at 0.0.0.0, on :: too, with the same port (as the bridge driver
+        does). An IPv6 host address needs an IPv6 endpoint: Docker's docker-proxy would relay
+        an IPv6 client to the IPv4 container, and pynet has no proxy."""
+        p = binding
+        if p.host_ip is not None:
+            if p.host_ip.version == 6 and record.address_v6 is None:
+                raise InvalidRequest(
+                    f"cannot publish {p.port}/{p.proto} on {p.host_ip}: the container has no "
+                    "IPv6 address on this network (create it with --ipv6), and pynet does not "
+                    "relay IPv6 clients to IPv4 containers; publish on an IPv4 address")
+            port = self.ports.reserve(p.proto, p.host_ip, p.host_port, p.host_port_end)
+            return [PortRecord(p.proto, p.port, str(p.host_ip), port)]
+        v4 = config.host_binding_ipv4
+        if record.address_v6 is None or not v4.is_unspecified:
+            port = self.ports.reserve(p.proto, v4, p.host_port, p.host_port_end)
+            return [PortRecord(p.proto, p.port, str(v4), port)]
+        port = self.ports.reserve_both(p.proto, p.host_port, p.host_port_end)
+        return [PortRecord(p.proto, p.port, str(v4), port),
+                PortRecord(p.proto, p.port, "::", port)]
 
     def revoke_external(self, ref: protocol.EndpointRef) -> None:
         """Unpublish exactly what was programmed; unknown endpoints are fine."""
@@ -499,10 +558,9 @@ class Driver:
         checkpoint("revoke_external.recorded")
         # The reaper removes the rules, then the address's conntrack entries (three dumps);
         # a CreateEndpoint given this address first removes the rules itself.
-        if record.address:
-            self.deletes.unpublished(record.address, flush=True)
+        self.deletes.unpublished(record.addresses(), flush=True)
 
-    def flush_conntrack(self, address: ipaddress.IPv4Address) -> None:
+    def flush_conntrack(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         """Drop the conntrack entries of a container address whose ports were unpublished."""
         try:
             dropped = self.netlink.flush_conntrack(address)
@@ -512,7 +570,7 @@ class Driver:
 
     def _release_ports(self, record: EndpointRecord) -> None:
         for p in record.ports:
-            self.ports.release(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)
+            self.ports.release(p.proto, ipaddress.ip_address(p.host_ip), p.host_port)
         record.ports = []
 
     # -- firewall ------------------------------------------------------------------------
@@ -550,4 +608,4 @@ class Driver:
         """Take the host-port reservations of recorded endpoints back (at start)."""
         for endpoint in self.store.endpoints():
             for p in endpoint.ports:
-                self.ports.hold(p.proto, ipaddress.IPv4Address(p.host_ip), p.host_port)
+                self.ports.hold(p.proto, ipaddress.ip_address(p.host_ip), p.host_port)

@@ -9,6 +9,7 @@ own, so clean-up never touches a bridge the user made or another instance's link
 import errno
 import ipaddress
 import secrets
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ class Link:
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 4, 10, 18, 20
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
+IFA_F_NODAD = 0x02  # ifaddrmsg flag: skip duplicate address detection
 _NLA_TYPE_MASK = 0x3FFF  # without the nested / byte-order flag bits
 # Where the attributes start in a message: after nlmsghdr (16 bytes) and ifinfomsg / ifaddrmsg.
 _LINK_ATTRS_AT, _ADDRESS_ATTRS_AT = 16 + 16, 16 + 8
@@ -198,6 +200,26 @@ class Netlink:
                 found.append((ipaddress.IPv4Network((network, prefix), strict=False), iface))
         return found
 
+    @staticmethod
+    def routes_v6(overlapping: ipaddress.IPv6Network
+                  ) -> list[tuple[ipaddress.IPv6Network, str]]:
+        """The IPv6 routes (every table: procfs lists them together) whose destination
+        overlaps ``overlapping``, as (destination, interface name); none where the kernel has
+        no IPv6. Local and multicast routes (of interface ``lo``, or ff00::/8) are no
+        conflict and are left out."""
+        try:
+            table = open("/proc/thread-self/net/ipv6_route")
+        except FileNotFoundError:
+            return []
+        found = []
+        with table:
+            for line in table:
+                dst, prefix_hex, *_rest, iface = line.split()
+                route = ipaddress.IPv6Network((int(dst, 16), int(prefix_hex, 16)))
+                if iface != "lo" and not route.is_multicast and route.overlaps(overlapping):
+                    found.append((route, iface))
+        return found
+
     def links(self) -> Iterator[Link]:
         """Every link in this namespace."""
         for msg in self._call("listing links", "get_links"):
@@ -231,12 +253,16 @@ class Netlink:
         return False
 
     def ensure_address(self, name: str, address: Interface) -> None:
-        """Put ``address`` on link ``name`` if it is not there."""
+        """Put ``address`` on link ``name`` if it is not there. An IPv6 address skips
+        duplicate address detection: it is the network's gateway, which dockerd's IPAM gave
+        no one else, and while DAD runs the host could neither use it as a source nor
+        answer for it (containers' first packets to their gateway would be lost)."""
         index = self._index(name)
         if index is None:
             raise KernelError(f"link {name} does not exist")
         self._call(f"adding {address} to {name}", "addr", "add", index=index,
                    address=str(address.ip), prefixlen=address.network.prefixlen,
+                   flags=IFA_F_NODAD if address.version == 6 else 0,
                    tolerate=(errno.EEXIST,))
 
     def remove_address(self, name: str, address: Interface) -> None:
@@ -306,7 +332,7 @@ class Netlink:
         link = self.get(name)
         return link.index if link else None
 
-    def flush_conntrack(self, address: ipaddress.IPv4Address) -> int:
+    def flush_conntrack(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
         """Forget tracked connections to or from ``address`` so a later container that gets
         the same address does not inherit their NAT state; returns how many were dropped.
 
@@ -317,11 +343,13 @@ class Netlink:
         if self._netns:
             return 0  # conntrack tables are per namespace; tests in a throwaway one have none
         seen: set[int] = set()
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         with Conntrack() as ct:  # its own socket: the rtnetlink lock is not needed
             for where, match in (("tuple_orig", {"saddr": str(address)}),
                                  ("tuple_orig", {"daddr": str(address)}),
                                  ("tuple_reply", {"saddr": str(address)})):
-                for entry in list(ct.dump_entries(**{where: NFCTAttrTuple(**match)})):
+                tuple_ = NFCTAttrTuple(family=family, **match)
+                for entry in list(ct.dump_entries(**{where: tuple_})):
                     if entry.id in seen:
                         continue
                     seen.add(entry.id)

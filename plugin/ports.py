@@ -3,6 +3,8 @@
 Docker does none of this for a remote driver. pynet publishes ports in the kernel (DNAT) rather
 than through proxy processes, and holds a bound socket per binding so that neither another
 container nor a host program can take the same address and port while it is published.
+IPv4 and IPv6 bindings are apart (IPv6 sockets are IPV6_V6ONLY), as docker-proxy's are: ``::``
+does not take 0.0.0.0's port.
 """
 
 import errno
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from plugin.errors import Conflict
 from plugin.sysctl import Sysctl
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 ANY = ipaddress.IPv4Address("0.0.0.0")
+ANY_V6 = ipaddress.IPv6Address("::")
 _SOCKET_TYPES = {
     "tcp": (socket.SOCK_STREAM, socket.IPPROTO_TCP),
     "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
@@ -27,13 +31,16 @@ class Key:
     """One reserved host address and port."""
 
     proto: str
-    host_ip: ipaddress.IPv4Address
+    host_ip: Address
     port: int
 
     def overlaps(self, other: "Key") -> bool:
-        """Two bindings collide on the same port unless both name different specific IPs."""
+        """Two bindings of one family collide on the same port unless both name different
+        specific IPs."""
         return (self.proto == other.proto and self.port == other.port
-                and (self.host_ip == other.host_ip or ANY in (self.host_ip, other.host_ip)))
+                and self.host_ip.version == other.host_ip.version
+                and (self.host_ip == other.host_ip or self.host_ip.is_unspecified
+                     or other.host_ip.is_unspecified))
 
 
 class PortReservations:
@@ -45,30 +52,46 @@ class PortReservations:
         self._last: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def reserve(self, proto: str, host_ip: ipaddress.IPv4Address, start: int, end: int) -> int:
+    def reserve(self, proto: str, host_ip: Address, start: int, end: int) -> int:
         """Reserve a port in ``start..end`` (0: an ephemeral one) and return it."""
+        return self._reserve(proto, (host_ip,), start, end)
+
+    def reserve_both(self, proto: str, start: int, end: int) -> int:
+        """Reserve one port in ``start..end`` (0: an ephemeral one) on 0.0.0.0 and on ::."""
+        return self._reserve(proto, (ANY, ANY_V6), start, end)
+
+    def _reserve(self, proto: str, host_ips: tuple[Address, ...], start: int, end: int) -> int:
+        """Reserve the first port free on every one of ``host_ips``."""
         with self._lock:
             for port in self._candidates(proto, start, end):
-                key = Key(proto, host_ip, port)
-                if any(key.overlaps(k) for k in self._held):
+                keys = [Key(proto, host_ip, port) for host_ip in host_ips]
+                if any(key.overlaps(k) for key in keys for k in self._held):
                     continue
+                sockets = []
                 try:
-                    self._held[key] = _bind(key)
+                    for key in keys:
+                        sockets.append(_bind(key))
                 except OSError as exc:
+                    for sock in sockets:
+                        if sock is not None:
+                            sock.close()
                     if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                         continue
-                    raise Conflict(f"cannot reserve {proto} {host_ip}:{port}: {exc.strerror}; "
-                                   "give a host address this machine has") from exc
+                    raise Conflict(f"cannot reserve {proto} {keys[len(sockets)].host_ip}:"
+                                   f"{port}: {exc.strerror}; give a host address this "
+                                   "machine has") from exc
+                self._held.update(zip(keys, sockets, strict=True))
                 if not start:
                     self._last[proto] = port
                 return port
+        where = " and ".join(str(ip) for ip in host_ips)
         if start:
             span = f"{start}" if start == end else f"{start}-{end}"
-            raise Conflict(f"host port {span}/{proto} on {host_ip} is already in use (by another "
+            raise Conflict(f"host port {span}/{proto} on {where} is already in use (by another "
                            "container or a host program); publish on a different host port")
-        raise Conflict(f"no free ephemeral {proto} port on {host_ip}; free some ports")
+        raise Conflict(f"no free ephemeral {proto} port on {where}; free some ports")
 
-    def hold(self, proto: str, host_ip: ipaddress.IPv4Address, port: int) -> None:
+    def hold(self, proto: str, host_ip: Address, port: int) -> None:
         """Re-take a reservation recorded before a restart; tolerate losing the socket race."""
         key = Key(proto, host_ip, port)
         with self._lock:
@@ -79,7 +102,7 @@ class PortReservations:
             except OSError:
                 self._held[key] = None  # the DNAT rule still wins; keep the table consistent
 
-    def release(self, proto: str, host_ip: ipaddress.IPv4Address, port: int) -> None:
+    def release(self, proto: str, host_ip: Address, port: int) -> None:
         """Give a reservation back; unknown ones are fine."""
         with self._lock:
             sock = self._held.pop(Key(proto, host_ip, port), None)
@@ -107,12 +130,15 @@ class PortReservations:
 def _bind(key: Key) -> socket.socket | None:
     kind, number = _SOCKET_TYPES[key.proto]
     try:
-        sock = socket.socket(socket.AF_INET, kind, number)
+        sock = socket.socket(socket.AF_INET if key.host_ip.version == 4 else socket.AF_INET6,
+                             kind, number)
     except OSError as exc:
         if exc.errno in (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT):
             return None  # no sctp module: nothing can listen there either
         raise
     try:
+        if key.host_ip.version == 6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             # Connections a program (docker-proxy, a server) recently closed on this port sit
             # in TIME_WAIT for a minute and would refuse a plain bind; every TCP server sets
@@ -120,7 +146,11 @@ def _bind(key: Key) -> socket.socket | None:
             # has a listener, whatever the options.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(key.host_ip), key.port))
-        if kind == socket.SOCK_STREAM:
+        # IPv6 TCP reservations do not listen: the kernel cannot DNAT ::1 off the host, so a
+        # host client of [::1]:port reaches this socket and must be refused at once, not left
+        # in a backlog no one accepts from. A program that also sets SO_REUSEADDR may then
+        # bind the port too, and gets only those ::1 connections (the rest are DNATed first).
+        if kind == socket.SOCK_STREAM and key.host_ip.version == 4:
             sock.listen(1)  # a bound-only socket would not stop a SO_REUSEADDR listener
     except OSError:
         sock.close()

@@ -216,6 +216,10 @@ class CreateNetwork:
         options = parse_network_options(_plain_options(raw_options))
         v4 = [_ipam(e, 4) for e in _field(body, "IPv4Data", list, [])]
         v6 = [_ipam(e, 6) for e in _field(body, "IPv6Data", list, [])]
+        if not v4 and v6:
+            raise InvalidRequest(
+                "IPv6-only networks (--ipv4=false) are not supported by pynet yet: give the "
+                "network an IPv4 subnet too (leave out --ipv4=false), or use -d bridge")
         if len(v4) != 1:
             raise InvalidRequest(
                 f"pynet needs exactly one IPv4 pool, got {len(v4)}: "

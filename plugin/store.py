@@ -78,6 +78,11 @@ class PortRecord:
     host_ip: str
     host_port: int
 
+    def __str__(self) -> str:
+        """As docker shows a binding: ``0.0.0.0:8080->80/tcp``, ``[::]:8080->80/tcp``."""
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        return f"{host}:{self.host_port}->{self.port}/{self.proto}"
+
 
 @dataclass
 class EndpointRecord:
@@ -97,6 +102,10 @@ class EndpointRecord:
     # Set once the reconciler saw the container end leave the host namespace: seeing it back
     # there afterwards means the container stopped, with no grace period to wait out.
     in_container: bool = False
+
+    def addresses(self) -> list[str]:
+        """The endpoint's IPv4 and IPv6 addresses (those it has)."""
+        return [a for a in (self.address, self.address_v6) if a]
 
 
 # An update never takes a record out of ``deleting``: a delete marked without the driver lock

@@ -23,6 +23,11 @@ class Firewall(Protocol):
         """For the log ("repair <name>: ...") and ``pynet status``."""
         ...
 
+    @property
+    def ipv6(self) -> bool:
+        """Whether the backend writes IPv6 rules on this host (else ``--ipv6`` is refused)."""
+        ...
+
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:
         """Make the kernel match ``desired()``; True if anything changed. ``fresh``: read

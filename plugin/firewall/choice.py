@@ -45,6 +45,14 @@ class Selected:
     def name(self) -> str:
         return (self._current or self._wanted()).name
 
+    @property
+    def ipv6(self) -> bool:
+        """With ``auto``, only where both backends write IPv6: a move must not leave IPv6
+        networks open."""
+        if self.choice != "auto":
+            return self.backends[self.choice].ipv6
+        return all(backend.ipv6 for backend in self.backends.values())
+
     def _wanted(self) -> Firewall:
         if self.choice != "auto":
             return self.backends[self.choice]

@@ -341,18 +341,18 @@ class IPTables:
     fails and is rebuilt from a fresh read, and reconcile reads afresh every few seconds.
     """
 
-    name = "iptables"
-
-    def __init__(self, chains: Chains, backend: str | None = None) -> None:
+    def __init__(self, chains: Chains, backend: str | None = None, family: int = 4) -> None:
         self.chains = chains
         self.backend = backend or detect_backend()
+        self.family = family
+        self.name = "iptables" if family == 4 else "ip6tables"
         self._lock = threading.Lock()
         self._known: Dump | None = None
         self._writes = 0  # restores so far, so a read can tell whether it is still current
         self._layout = ""  # dockerd's layout as the last render found it (for the log)
 
     def _run(self, tool: str, args: list[str], stdin: str | None = None) -> str:
-        argv = [f"iptables-{self.backend}-{tool}", *args]
+        argv = [f"{self.name}-{self.backend}-{tool}", *args]
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                                   timeout=TIMEOUT)
@@ -371,7 +371,7 @@ class IPTables:
 
     def restore(self, batch: str) -> None:
         """Apply ``batch`` atomically per table, leaving everything else in place."""
-        log.debug("iptables-restore batch:\n%s", batch)
+        log.debug("%s-restore batch:\n%s", self.name, batch)
         self._writes += 1
         self._run("restore", ["--noflush", "--wait"], stdin=batch)
 
@@ -380,10 +380,10 @@ class IPTables:
         isolation stages, where they exist, see what leaves pynet's bridges)."""
         layout = docker_layout(current.tables.get("filter", {}))
         if layout != self._layout:
-            log.info("firewall: %s found, pynet's rules follow it", layout)
+            log.info("firewall: %s found in %s, pynet's rules follow it", layout, self.name)
             self._layout = layout
         stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
-        return render(self.chains, desired.networks, desired.ports, stages)
+        return render(self.chains, desired.networks, desired.ports, stages, self.family)
 
     def layout(self) -> str:
         """dockerd's firewall layout, read now."""
@@ -444,7 +444,7 @@ class IPTables:
                     self._known = None
                     if isinstance(exc, KernelTimeout) or attempt == attempts - 1:
                         raise  # a wedged tool would only wedge again: fail within one timeout
-                    log.info("iptables batch raced with another writer; retrying")
+                    log.info("%s batch raced with another writer; retrying", self.name)
                     attempt += 1
                     continue
                 self._known = applied(current, rules)
@@ -465,5 +465,5 @@ class IPTables:
                 except KernelError:
                     if attempt == attempts - 1:
                         raise
-                    log.info("iptables batch raced with another writer; retrying")
+                    log.info("%s batch raced with another writer; retrying", self.name)
                     attempt += 1

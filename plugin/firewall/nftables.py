@@ -25,7 +25,11 @@ An accept in one base chain is final only for that chain: every other table (doc
 iptables-nft's) still sees the packet, and a drop anywhere is final. So pynet's drops hold
 whatever dockerd does, and pynet's containers get out only where nothing else drops their
 traffic: on a host where Docker 29 runs its nftables backend, which is where ``auto`` picks
-this backend (``select.py``).
+this backend (``choice.py``).
+
+IPv6 has the twin of every address set and map (suffix ``6``: ``@subnets6``, ``@ports6``, ...)
+and of every rule that matches an address; the interface rules serve both families. ::1 is
+not DNATed (the kernel never routes it off the host): host ::1 -> published port is refused.
 """
 
 import logging
@@ -36,53 +40,74 @@ from typing import Any
 
 from plugin.errors import KernelError
 from plugin.firewall.libnft import Nft, generation, tables
-from plugin.firewall.rules import LOOPBACK, Desired
+from plugin.firewall.rules import LINK_LOCAL_V6, LOOPBACK, LOOPBACK_V6, Desired
 
 log = logging.getLogger(__name__)
 
 FAMILY = "inet"
-# Sets and maps: name -> nft specification (a map's has a ':').
+# The address sets and maps of each family: name -> nft specification (a map's has a ':');
+# "{a}" is the family's address type. IPv6's names end in 6.
+_ADDRESS_SETS: dict[str, str] = {
+    "subnets": "type {a}; flags interval;",
+    "own": "type {a} . ifname; flags interval;",  # subnet . its bridge
+    "trusted": "type {a} . ifname; flags interval;",  # subnet . a trusted interface
+    "masquerading": "type {a}; flags interval;",
+    "ports": "type ifname . {a} . inet_proto . inet_service;",
+    "hairpin": "type {a} . {a} . inet_proto . inet_service;",
+    "port_host": "type {a} . inet_proto . inet_service : {a} . inet_service;",
+    "port_any": "type inet_proto . inet_service : {a} . inet_service;",
+}
+_SUFFIX = {4: "", 6: "6"}
 SETS: dict[str, str] = {
     "bridges": "type ifname;",  # bridges of networks that are not internal
-    "subnets": "type ipv4_addr; flags interval;",
-    "own": "type ipv4_addr . ifname; flags interval;",  # subnet . its bridge
-    "trusted": "type ipv4_addr . ifname; flags interval;",  # subnet . a trusted interface
-    "masquerading": "type ipv4_addr; flags interval;",
     "inbound": "type ifname : verdict;",
     "outbound": "type ifname : verdict;",
-    "ports": "type ifname . ipv4_addr . inet_proto . inet_service;",
-    "hairpin": "type ipv4_addr . ipv4_addr . inet_proto . inet_service;",
-    "port_host": "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
-    "port_any": "type inet_proto . inet_service : ipv4_addr . inet_service;",
+    **{name + _SUFFIX[v]: spec.format(a=f"ipv{v}_addr")
+       for v in (4, 6) for name, spec in _ADDRESS_SETS.items()},
 }
-_PORT = "oifname . ip daddr . meta l4proto . th dport @ports"
+
+
+def _twins(*rules: str) -> tuple[str, ...]:
+    """Each rule for IPv4 and for IPv6: "{ip}" is the family's match keyword, "{s}" the
+    suffix of its set names."""
+    return tuple(rule.format(ip=ip, s=_SUFFIX[v]) for v, ip in ((4, "ip"), (6, "ip6"))
+                 for rule in rules)
+
+
+_PORT = _twins("oifname . {ip} daddr . meta l4proto . th dport @ports{s}")
 # Chains every table has: name -> (hook specification or None, rules).
 BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "raw": ("type filter hook prerouting priority raw; policy accept;", (
         f"iifname @bridges ip saddr {LOOPBACK} drop",
         f"iifname @bridges ip daddr {LOOPBACK} drop",
-        "ip daddr . iifname @own return",
-        "ip daddr . iifname @trusted return",
-        "ip daddr @subnets fib daddr type != local drop",
+        f"iifname @bridges ip6 saddr {LOOPBACK_V6} drop",
+        f"iifname @bridges ip6 daddr {LOOPBACK_V6} drop",
+        *_twins("{ip} daddr . iifname @own{s} return",
+                "{ip} daddr . iifname @trusted{s} return",
+                "{ip} daddr @subnets{s} fib daddr type != local drop"),
     )),
     "forward": ("type filter hook forward priority filter; policy accept;", (
         "iifname vmap @outbound",  # first: the accepts of in-<BR> end the chain
         "oifname vmap @inbound",
     )),
     "published": (None, (
-        "dnat ip to ip daddr . meta l4proto . th dport map @port_host",
-        "dnat ip to meta l4proto . th dport map @port_any",
+        # a link-local client cannot be answered from another link (Docker skips it too)
+        f"ip6 saddr {LINK_LOCAL_V6} return",
+        *_twins("dnat {ip} to {ip} daddr . meta l4proto . th dport map @port_host{s}",
+                "dnat {ip} to meta l4proto . th dport map @port_any{s}"),
     )),
     "nat-prerouting": ("type nat hook prerouting priority dstnat; policy accept;", (
         f"ip daddr != {LOOPBACK} fib daddr type local jump published",
+        f"ip6 daddr != {LOOPBACK_V6} fib daddr type local jump published",
     )),
     "nat-output": ("type nat hook output priority -100; policy accept;", (
+        f"ip6 daddr {LOOPBACK_V6} return",
         "fib daddr type local jump published",
     )),
     "nat-postrouting": ("type nat hook postrouting priority srcnat; policy accept;", (
-        "ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade",
+        *_twins("{ip} saddr . {ip} daddr . meta l4proto . th dport @hairpin{s} masquerade"),
         f"oifname @bridges ip saddr {LOOPBACK} masquerade",
-        "ip saddr @masquerading ip saddr . oifname != @own masquerade",
+        *_twins("{ip} saddr @masquerading{s} {ip} saddr . oifname != @own{s} masquerade"),
     )),
 }
 
@@ -107,33 +132,40 @@ def render(desired: Desired) -> NftState:
     state = NftState()
     el = state.elements
     for net in desired.networks:
-        br, quoted, subnet = net.bridge, f'"{net.bridge}"', str(net.subnet)
-        el["subnets"][subnet] = None
-        el["own"][f"{subnet} . {quoted}"] = None
-        el["trusted"].update({f'{subnet} . "{name}"': None for name in net.trusted})
-        intra = (f"iifname {quoted} accept",) if net.icc else ()
+        br, quoted = net.bridge, f'"{net.bridge}"'
+        for v in (4, 6):
+            subnet, s = net.subnet_of(v), _SUFFIX[v]
+            if subnet is None:
+                continue
+            el["subnets" + s][str(subnet)] = None
+            el["own" + s][f"{subnet} . {quoted}"] = None
+            el["trusted" + s].update({f'{subnet} . "{name}"': None for name in net.trusted})
+            if net.masquerade and not net.internal:
+                el["masquerading" + s][str(subnet)] = None
+        # icc off: neighbour discovery still passes, as ARP does (rules.network_filter_rules)
+        intra = (f"iifname {quoted} accept",) if net.icc else () if net.internal else (
+            f"iifname {quoted} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} "
+            "accept",)
         if net.internal:
             state.chains[f"in-{br}"] = (*intra, "drop")
             state.chains[f"out-{br}"] = (f"oifname != {quoted} drop",)
             el["outbound"][quoted] = f"jump out-{br}"
         else:
-            via_trusted = ((f"iifname {_names(net.trusted)} {_PORT} accept",)
-                           if net.trusted else ())
+            via_trusted = tuple(f"iifname {_names(net.trusted)} {port} accept"
+                                for port in _PORT) if net.trusted else ()
             state.chains[f"in-{br}"] = ("ct state established,related accept",
-                                        f"ct status dnat {_PORT} accept", *via_trusted,
-                                        *intra, "drop")
+                                        *(f"ct status dnat {port} accept" for port in _PORT),
+                                        *via_trusted, *intra, "drop")
             el["bridges"][quoted] = None
-            if net.masquerade:
-                el["masquerading"][subnet] = None
         el["inbound"][quoted] = f"jump in-{br}"
     for p in desired.ports:
-        ip, to = p.container_ip, f"{p.container_ip} . {p.port}"
-        el["ports"][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
-        el["hairpin"][f"{ip} . {ip} . {p.proto} . {p.port}"] = None
+        ip, to, s = p.container_ip, f"{p.container_ip} . {p.port}", _SUFFIX[p.container_ip.version]
+        el["ports" + s][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
+        el["hairpin" + s][f"{ip} . {ip} . {p.proto} . {p.port}"] = None
         if p.host_ip is None:
-            el["port_any"][f"{p.proto} . {p.host_port}"] = to
+            el["port_any" + s][f"{p.proto} . {p.host_port}"] = to
         else:
-            el["port_host"][f"{p.host_ip} . {p.proto} . {p.host_port}"] = to
+            el["port_host" + s][f"{p.host_ip} . {p.proto} . {p.host_port}"] = to
     return state
 
 
@@ -265,6 +297,7 @@ class NFTables:
     """
 
     name = "nftables"
+    ipv6 = True  # an inet table: both families' rules in one
 
     def __init__(self, table: str, nft: Nft | None = None) -> None:
         self.table = table

@@ -40,13 +40,19 @@ The layout, per network (``BR`` its bridge):
   network is dropped there too.
 * nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
   ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
+
+IPv6 (ip6tables) gets the same chains, hooks and rules, rendered with ``family=6``: the
+interface rules for every network (a network without an IPv6 subnet still drops what would
+enter its bridge over IPv6), the subnet and address rules from each network's IPv6 subnet and
+its endpoints' IPv6 addresses. The kernel never routes ::1 off the host, so the loopback
+masquerade has no twin, and ::1 is not DNATed: host ::1 -> published port is refused (Docker
+relays it with its docker-proxy; pynet has none, see ``ports``).
 """
 
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from plugin.ports import ANY
 from plugin.store import DELETING, EndpointRecord, NetworkRecord
 
 # Docker's chains that pynet's placement and rules refer to.
@@ -55,6 +61,8 @@ DOCKER_FORWARD = "DOCKER-FORWARD"  # 28 and 29 (iptables backend)
 DOCKER_ISOLATION_1 = "DOCKER-ISOLATION-STAGE-1"  # 20.10 and 28
 DOCKER_ISOLATION_2 = "DOCKER-ISOLATION-STAGE-2"
 LOOPBACK = "127.0.0.0/8"
+LOOPBACK_V6 = "::1/128"
+LINK_LOCAL_V6 = "fe80::/10"
 BRIDGE_PREFIX = "pn-"  # of the bridges pynet names (``-o com.docker.network.bridge.name`` aside)
 ANY_BRIDGE = f"{BRIDGE_PREFIX}+"  # iptables' interface wildcard for all of them
 
@@ -125,6 +133,9 @@ class Chains:
         return {"filter": [f"{self.prefix}-ISOLATION-1", f"{self.prefix}-ISOLATION-2"]}
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """What the rules of one network depend on."""
@@ -135,17 +146,23 @@ class NetworkSpec:
     icc: bool = True
     masquerade: bool = True
     trusted: tuple[str, ...] = ()  # host interfaces that may route to the containers
+    subnet_v6: ipaddress.IPv6Network | None = None
+
+    def subnet_of(self, family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The network's subnet of IP version ``family`` (None: it has none)."""
+        return self.subnet if family == 4 else self.subnet_v6
 
 
 @dataclass(frozen=True)
 class PortSpec:
-    """One published port of a container on ``bridge``; ``host_ip`` None means every address."""
+    """One published port of a container on ``bridge``; ``host_ip`` None means every address
+    (of ``container_ip``'s family)."""
 
     bridge: str
-    container_ip: ipaddress.IPv4Address
+    container_ip: Address
     proto: str
     port: int
-    host_ip: ipaddress.IPv4Address | None
+    host_ip: Address | None
     host_port: int
     icc: bool = True
     trusted: tuple[str, ...] = ()  # the network's trusted host interfaces
@@ -174,13 +191,16 @@ def desired_from_records(networks: list[NetworkRecord],
         config = network.config
         specs.append(NetworkSpec(network.bridge, config.subnet, config.internal,
                                  config.enable_icc, config.enable_ip_masquerade,
-                                 config.trusted_host_interfaces))
+                                 config.trusted_host_interfaces, config.subnet_v6))
         for endpoint in endpoints_of.get(network.id, []):
-            ip = ipaddress.IPv4Interface(endpoint.address).ip
             for p in endpoint.ports:
-                host_ip = ipaddress.IPv4Address(p.host_ip)
-                ports.append(PortSpec(network.bridge, ip, p.proto, p.port,
-                                      None if host_ip == ANY else host_ip, p.host_port,
+                host_ip = ipaddress.ip_address(p.host_ip)
+                address = endpoint.address if host_ip.version == 4 else endpoint.address_v6
+                if address is None:
+                    continue  # never recorded: the driver publishes IPv6 only to IPv6 addresses
+                ports.append(PortSpec(network.bridge, ipaddress.ip_interface(address).ip,
+                                      p.proto, p.port,
+                                      None if host_ip.is_unspecified else host_ip, p.host_port,
                                       config.enable_icc, config.trusted_host_interfaces))
     return Desired(specs, ports)
 
@@ -230,8 +250,26 @@ def _prefixed(bridge: str) -> bool:
 # enters them: what leaves them for elsewhere goes through dockerd's rules (its internal
 # networks drop replies to them) before <P>-EGRESS accepts it.
 FORWARD_HEAD = [f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
-RAW_HEAD = [f"-s {LOOPBACK} -i {ANY_BRIDGE} -j DROP", f"-d {LOOPBACK} -i {ANY_BRIDGE} -j DROP",
+
+
+def loopback(family: int) -> str:
+    """The loopback range of IP version ``family``."""
+    return LOOPBACK if family == 4 else LOOPBACK_V6
+
+
+def raw_head(family: int) -> list[str]:
+    """The top of ``<P>-RAW`` (see the module docstring)."""
+    lo = loopback(family)
+    return [f"-s {lo} -i {ANY_BRIDGE} -j DROP", f"-d {lo} -i {ANY_BRIDGE} -j DROP",
             f"-i {ANY_BRIDGE} -j RETURN"]
+
+
+RAW_HEAD = raw_head(4)
+
+
+def host_route(ip: Address) -> str:
+    """``ip`` as a one-address network (``/32``, ``/128``)."""
+    return f"{ip}/{ip.max_prefixlen}"
 
 
 def internal_drops(net: NetworkSpec) -> list[str]:
@@ -243,11 +281,24 @@ def internal_drops(net: NetworkSpec) -> list[str]:
     return [f"-i {br} ! -o {br} -j DROP", f"! -i {br} -o {br} -j DROP"]
 
 
-def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
+NEIGHBOUR_DISCOVERY = (135, 136)  # ICMPv6 neighbour solicitation and advertisement
+
+
+def network_filter_rules(c: Chains, net: NetworkSpec, family: int = 4) -> list[str]:
     """The ``<P>-FORWARD`` rules of one network: what may enter its bridge, and for internal
-    networks what may leave it. Each rule names the network's own bridge."""
+    networks what may leave it. Each rule names the network's own bridge.
+
+    With icc off, IPv6 neighbour discovery still passes between the bridge's ports, as ARP
+    does for IPv4: a same-network peer's connection to a published port is DNATed back onto
+    the bridge, and the two containers must find each other's MAC for it."""
     br = net.bridge
-    intra = [f"-i {br} -o {br} -j ACCEPT"] if net.icc else []
+    if net.icc:
+        intra = [f"-i {br} -o {br} -j ACCEPT"]
+    elif family == 6 and not net.internal:
+        intra = [f"-i {br} -o {br} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j ACCEPT"
+                 for kind in NEIGHBOUR_DISCOVERY]
+    else:
+        intra = []
     if net.internal:
         return [*intra, f"-o {br} -j DROP", f"-i {br} -j DROP"]
     replies = [] if _prefixed(br) else [
@@ -260,13 +311,15 @@ def network_filter_rules(c: Chains, net: NetworkSpec) -> list[str]:
     ]
 
 
-def network_raw_rules(net: NetworkSpec) -> list[str]:
+def network_raw_rules(net: NetworkSpec, family: int = 4) -> list[str]:
     """The ``<P>-RAW`` rules of one network (see the module docstring)."""
-    br, subnet = net.bridge, net.subnet
+    br, subnet, lo = net.bridge, net.subnet_of(family), loopback(family)
     # Nothing legitimate enters a bridge from or for loopback; with route_localnet=1 the
     # kernel would otherwise take both.
-    localnet = [] if net.internal or _prefixed(br) else [f"-s {LOOPBACK} -i {br} -j DROP",
-                                                         f"-d {LOOPBACK} -i {br} -j DROP"]
+    localnet = [] if net.internal or _prefixed(br) else [f"-s {lo} -i {br} -j DROP",
+                                                         f"-d {lo} -i {br} -j DROP"]
+    if subnet is None:
+        return localnet
     trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
     return [*localnet, *trusted,
             f"-d {subnet} ! -i {br} -m addrtype ! --dst-type LOCAL -j DROP"]
@@ -289,22 +342,28 @@ def port_rules(p: PortSpec) -> tuple[list[str], list[str], list[str]]:
     """
     match = _proto(p.proto, p.port)
     dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
-    accept = [f"-d {p.container_ip}/32 ! -i {p.bridge} -o {p.bridge} {match} {dnatted}"]
-    accept += [f"-d {p.container_ip}/32 -i {name} -o {p.bridge} {match} -j ACCEPT"
+    container = host_route(p.container_ip)
+    accept = [f"-d {container} ! -i {p.bridge} -o {p.bridge} {match} {dnatted}"]
+    accept += [f"-d {container} -i {name} -o {p.bridge} {match} -j ACCEPT"
                for name in p.trusted]
     if not p.icc:
         # Same-network peers still reach a published port through the host address.
-        accept.append(f"-d {p.container_ip}/32 -i {p.bridge} -o {p.bridge} {match} {dnatted}")
-    dest = f"-d {p.host_ip}/32 " if p.host_ip is not None else ""
-    dnat = [f"{dest}{_proto(p.proto, p.host_port)} -j DNAT "
-            f"--to-destination {p.container_ip}:{p.port}"]
-    hairpin = [f"-s {p.container_ip}/32 -d {p.container_ip}/32 {match} -j MASQUERADE"]
+        accept.append(f"-d {container} -i {p.bridge} -o {p.bridge} {match} {dnatted}")
+    dest = f"-d {host_route(p.host_ip)} " if p.host_ip is not None else ""
+    if p.container_ip.version == 4:
+        source, to = "", str(p.container_ip)
+    else:  # a link-local client cannot be answered from another link (Docker skips it too)
+        source, to = f"! -s {LINK_LOCAL_V6} ", f"[{p.container_ip}]"
+    dnat = [f"{source}{dest}{_proto(p.proto, p.host_port)} -j DNAT "
+            f"--to-destination {to}:{p.port}"]
+    hairpin = [f"-s {container} -d {container} {match} -j MASQUERADE"]
     return accept, dnat, hairpin
 
 
 def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
-           docker_stages: bool) -> RuleSet:
-    """The complete rule set for ``networks`` (oldest first) and their published ``ports``.
+           docker_stages: bool, family: int = 4) -> RuleSet:
+    """The complete rule set for ``networks`` (oldest first) and their published ``ports``,
+    for iptables (``family`` 4) or ip6tables (6).
 
     ``docker_stages`` says whether dockerd's isolation stage chains exist (20.10, 28).
 
@@ -316,25 +375,26 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
                           for rule in internal_drops(net)] + FORWARD_HEAD
     egress: list[str] = []
     isolation: list[str] = []
-    raw: list[str] = list(RAW_HEAD)
+    raw: list[str] = raw_head(family)
     filter_ports: list[str] = []
     dnat: list[str] = []
     post: list[str] = []
     for net in networks:
-        forward += network_filter_rules(c, net)
-        raw += network_raw_rules(net)
+        forward += network_filter_rules(c, net, family)
+        raw += network_raw_rules(net, family)
         isolation += isolation_rules(net) if docker_stages else []
         if net.internal:
             continue
         egress.append(f"-i {net.bridge} -j ACCEPT")
-        br = net.bridge
-        if net.masquerade:
-            post.append(f"-s {net.subnet} ! -o {br} -j MASQUERADE")
-        # Host 127.0.0.1 -> published port leaves on the bridge with a source the container
-        # cannot answer. Only loopback: a connection from another host address keeps its
-        # source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
-        post.append(f"-s {LOOPBACK} -o {br} -j MASQUERADE")
-    for p in ports:
+        br, subnet = net.bridge, net.subnet_of(family)
+        if net.masquerade and subnet is not None:
+            post.append(f"-s {subnet} ! -o {br} -j MASQUERADE")
+        if family == 4:
+            # Host 127.0.0.1 -> published port leaves on the bridge with a source the
+            # container cannot answer. Only loopback: a connection from another host address
+            # keeps its source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
+            post.append(f"-s {LOOPBACK} -o {br} -j MASQUERADE")
+    for p in (p for p in ports if p.container_ip.version == family):
         accept, nat_dnat, nat_post = port_rules(p)
         filter_ports += accept
         dnat += nat_dnat
@@ -348,13 +408,14 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
         rules.chains["filter"][c.isolation] = isolation
     rules.chains["nat"] = {c.dnat: dnat, c.postrouting: list(dict.fromkeys(post))}
     rules.chains["raw"] = {c.raw: raw}
-    rules.hooks = hooks(c, docker_stages)
+    rules.hooks = hooks(c, docker_stages, family)
     rules.retired = c.retired()
     return rules
 
 
-def hooks(c: Chains, docker_stages: bool = False) -> list[Hook]:
-    """The jumps into pynet's chains, each as iptables-save prints it."""
+def hooks(c: Chains, docker_stages: bool = False, family: int = 4) -> list[Hook]:
+    """The jumps into pynet's chains, each as iptables-save (``family`` 6: ip6tables-save)
+    prints it."""
     stage = [Hook("filter", DOCKER_ISOLATION_1, f"-j {c.isolation}")] if docker_stages else []
     return [
         Hook("filter", "FORWARD", f"-j {c.forward}", after=(DOCKER_USER,),
@@ -362,8 +423,10 @@ def hooks(c: Chains, docker_stages: bool = False) -> list[Hook]:
         Hook("filter", "FORWARD", f"-j {c.egress}",
              after=(DOCKER_USER, DOCKER_FORWARD, DOCKER_ISOLATION_1, c.forward), last=True),
         *stage,
-        Hook("nat", "PREROUTING", f"! -d {LOOPBACK} -m addrtype --dst-type LOCAL -j {c.dnat}"),
-        Hook("nat", "OUTPUT", f"-m addrtype --dst-type LOCAL -j {c.dnat}"),
+        Hook("nat", "PREROUTING",
+             f"! -d {loopback(family)} -m addrtype --dst-type LOCAL -j {c.dnat}"),
+        Hook("nat", "OUTPUT", ("" if family == 4 else f"! -d {LOOPBACK_V6} ")
+             + f"-m addrtype --dst-type LOCAL -j {c.dnat}"),
         Hook("nat", "POSTROUTING", f"-j {c.postrouting}"),
         Hook("raw", "PREROUTING", f"-j {c.raw}"),
     ]

@@ -23,6 +23,7 @@ from lab import (
     docker,
     docker_ok,
     firewall_backend,
+    ip6tables_save,
     link,
     nft_host_port,
     nft_objects,
@@ -46,17 +47,20 @@ class Cell:
     ``src``: ``host``, ``outside`` or a container token. ``dst``: ``host`` (the host's address
     facing the outside namespace), ``loopback``, ``outside``, ``gw:<net>`` or ``<ctr>@<net>``.
     ``port``: a number, a name the test gave a host port, or ``eph:<ctr>@<net>:<port>`` for
-    the host port the driver picked for that container port.
+    the host port the driver picked for that container port. ``family`` 6 probes the IPv6
+    addresses of the same places (``loopback``: ::1).
     """
 
     src: str
     dst: str
     port: int | str
     proto: str = "tcp"
+    family: int = 4
 
     @property
     def label(self) -> str:
-        return f"{self.src} -> {self.dst}:{self.port}/{self.proto}"
+        return f"{self.src} -> {self.dst}:{self.port}/{self.proto}" + \
+            ("" if self.family == 4 else " over IPv6")
 
 
 @dataclass
@@ -105,6 +109,8 @@ class Net:
     bridge: str
     subnet: str
     gateway: str
+    subnet6: str | None = None
+    gateway6: str | None = None
 
 
 class Lab:
@@ -112,7 +118,8 @@ class Lab:
 
     def __init__(self, subnets: Subnets, ports: dict[str, int]) -> None:
         self.subnets = subnets
-        self.outside = netcheck.Outside(subnets.take(), subnets.pool)
+        subnet = subnets.take()
+        self.outside = netcheck.Outside(subnet, subnets.pool, subnets.v6(subnet), subnets.POOL_V6)
         self.ports = ports
         self.servers: list[netcheck.PeerServer] = []
 
@@ -122,6 +129,9 @@ class Lab:
         self.servers.append(netcheck.PeerServer(self.outside.ns, self.outside.ip,
                                                 self.ports["outsrv"]))
         self.servers.append(netcheck.PeerServer(None, "0.0.0.0", self.ports["hostsrv"]))
+        self.servers.append(netcheck.PeerServer(self.outside.ns, self.outside.ip6,
+                                                self.ports["outsrv"]))
+        self.servers.append(netcheck.PeerServer(None, "::", self.ports["hostsrv"]))
 
     def close(self) -> None:
         for server in self.servers:
@@ -141,6 +151,7 @@ class World:
         self.nets: dict[str, Net] = {}
         self.ctrs: dict[str, str] = {}  # token -> container name
         self.ips: dict[str, dict[str, str]] = {}  # container token -> {network token: IP}
+        self.ips6: dict[str, dict[str, str]] = {}  # the same, IPv6
         self.servers: list[netcheck.PeerServer] = []
         self.steps: dict[str, Observation] = {}
 
@@ -150,16 +161,23 @@ class World:
         return f"pt-{self.res.tag}-{self.label[0]}-{token}"
 
     def network(self, token: str, *args: str) -> Net:
-        """``docker network create`` with this run's driver."""
+        """``docker network create`` with this run's driver; with ``--ipv6`` (and no
+        ``--subnet``) an IPv4 and an IPv6 subnet of the tests' ranges."""
+        if "--ipv6" in args and "--subnet" not in args:
+            subnet = self.lab.subnets.take()
+            args = (*args, "--subnet", str(subnet), "--subnet", str(self.lab.subnets.v6(subnet)))
         name = self.res.network(self.driver, *args, name=self.name(token))
         info = json.loads(docker("network", "inspect", name, "--format", "{{json .}}").stdout)
         options = info.get("Options") or {}
         default = "br-" if self.label == DOCKER else "pn-"
         bridge = options.get("com.docker.network.bridge.name") or default + info["Id"][:12]
-        ipam = info["IPAM"]["Config"][0]
         # Without --gateway the IPAM takes the subnet's first address and inspect shows none.
-        gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
-        net = Net(token, name, bridge, ipam["Subnet"], gateway)
+        found = {ipaddress.ip_network(ipam["Subnet"]).version:
+                 (ipam["Subnet"], ipam.get("Gateway")
+                  or str(ipaddress.ip_network(ipam["Subnet"])[1]))
+                 for ipam in info["IPAM"]["Config"]}
+        v6 = found.get(6, (None, None))
+        net = Net(token, name, bridge, *found[4], *v6)
         wait_for(f"bridge {bridge}", lambda: link(bridge) is not None)
         self.nets[token] = net
         return net
@@ -227,31 +245,43 @@ class World:
         by_name = {net.name: net.token for net in self.nets.values()}
         self.ips[ctr] = {by_name[name]: entry["IPAddress"] for name, entry in nets.items()
                          if name in by_name and entry.get("IPAddress")}
+        self.ips6[ctr] = {by_name[name]: entry["GlobalIPv6Address"]
+                          for name, entry in nets.items()
+                          if name in by_name and entry.get("GlobalIPv6Address")}
 
     def tokens(self) -> Tokens:
         """Everything this run made, as tokens shared with the other driver's run."""
         t = Tokens()
-        t.add(self.lab.outside.host_ip, "host")
-        t.add(self.lab.outside.ip, "outside")
-        t.add("127.0.0.1", "loopback", identifies=False)
+        outside = self.lab.outside
+        for family in (4, 6):
+            t.add(outside.host_ip if family == 4 else outside.host_ip6, "host")
+            t.add(outside.ip if family == 4 else outside.ip6, "outside")
+            t.add("127.0.0.1" if family == 4 else "::1", "loopback", identifies=False)
         for net in self.nets.values():
             t.add(net.bridge, f"br:{net.token}")
-            t.add(net.subnet, f"sub:{net.token}")
-            t.add(net.gateway, f"gw:{net.token}")
-        for ctr, ips in self.ips.items():
-            for net, ip in ips.items():
+            for subnet, gateway in ((net.subnet, net.gateway), (net.subnet6, net.gateway6)):
+                if subnet is not None and gateway is not None:
+                    t.add(subnet, f"sub:{net.token}")
+                    t.add(gateway, f"gw:{net.token}")
+        for ctr in self.ctrs:
+            for net, ip in [*self.ips.get(ctr, {}).items(), *self.ips6.get(ctr, {}).items()]:
                 t.add(ip, f"{ctr}@{net}")
         return t
 
-    def address(self, where: str) -> str:
-        fixed = {"host": self.lab.outside.host_ip, "outside": self.lab.outside.ip,
-                 "loopback": "127.0.0.1"}
+    def address(self, where: str, family: int = 4) -> str:
+        """The address of a place (see ``Cell``) of IP version ``family``."""
+        outside = self.lab.outside
+        fixed = {"host": (outside.host_ip, outside.host_ip6),
+                 "outside": (outside.ip, outside.ip6), "loopback": ("127.0.0.1", "::1")}
         if where in fixed:
-            return fixed[where]
+            return fixed[where][family == 6]
         if where.startswith("gw:"):
-            return self.nets[where[3:]].gateway
-        ctr, net = where.split("@")
-        return self.ips[ctr][net]
+            net = self.nets[where[3:]]
+            gateway = net.gateway if family == 4 else net.gateway6
+            assert gateway is not None, f"network {net.token} has no IPv6"
+            return gateway
+        ctr, net_token = where.split("@")
+        return (self.ips if family == 4 else self.ips6)[ctr][net_token]
 
     def namespace(self, src: str) -> str | None:
         if src == "host":
@@ -266,20 +296,27 @@ class World:
         if cell.port in self.lab.ports:
             return self.lab.ports[cell.port]
         _, where, container_port = cell.port.split(":")
+        address = self.address(where, cell.family)
         if self.prefix is not None and pynet_firewall() == "nftables":
-            return nft_host_port(self.driver, self.address(where), int(container_port),
-                                 cell.proto)
+            return nft_host_port(self.driver, address, int(container_port), cell.proto)
         if self.prefix is None:  # Docker's port map (no DNAT rule with its nftables backend)
             ctr = self.ctrs[where.split("@")[0]]
             shown = docker("port", ctr, f"{container_port}/{cell.proto}", check=False).stdout
-            found = re.search(r"^0\.0\.0\.0:(\d+)$", shown, re.M)
+            # (the CLI prints [::]:port, or :::port through an older API version)
+            anywhere = r"0\.0\.0\.0" if cell.family == 4 else r"(?:\[::\]|::)"
+            found = re.search(rf"^{anywhere}:(\d+)$", shown, re.M)
             return int(found.group(1)) if found else None
         chain = ("nat", f"{self.prefix}-DNAT")
-        return host_port(save, chain, f"{self.address(where)}:{container_port}", cell.proto)
+        destination = address if cell.family == 4 else f"[{address}]"
+        return host_port(save if cell.family == 4 else ip6tables_save(), chain,
+                         f"{destination}:{container_port}", cell.proto)
 
     def rules(self, save: str | None = None) -> dict[str, list[str]]:
         """This run's rules, normalized; a pynet that writes nftables adds its table."""
         rules = scenario_rules(save or stable_iptables_save(30), self.tokens(), self.prefix)
+        if any(net.subnet6 for net in self.nets.values()):
+            v6 = scenario_rules(ip6tables_save(), self.tokens(), self.prefix)
+            rules.update({f"6:{chain}": found for chain, found in v6.items()})
         if self.prefix is not None and pynet_firewall() == "nftables":
             rules["nftables"] = [self.tokens().apply(line) for line in nft_objects(self.driver)]
         return rules
@@ -292,8 +329,8 @@ class World:
             port = self.port(cell, save)
             if port is None:
                 return "no host port published"
-            return netcheck.probe(self.namespace(cell.src), self.address(cell.dst), port,
-                                  cell.proto)
+            return netcheck.probe(self.namespace(cell.src), self.address(cell.dst, cell.family),
+                                  port, cell.proto)
         with ThreadPoolExecutor(max_workers=max(1, len(cells))) as pool:
             results = list(pool.map(one, cells))
         return {cell.label: tokens.apply(result) for cell, result in

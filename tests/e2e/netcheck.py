@@ -31,21 +31,30 @@ SERVER = ("sh", "-c",
 REQUEST = b"GET /cgi-bin/ip HTTP/1.0\r\n\r\n"
 
 
-def ns_socket(path: str | None, kind: int) -> socket.socket:
-    """An IPv4 socket that lives in the namespace at ``path``."""
+def family(ip: str) -> int:
+    """The socket family of address ``ip``."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def ns_socket(path: str | None, kind: int, ip: str = "0.0.0.0") -> socket.socket:
+    """A socket of ``ip``'s family that lives in the namespace at ``path`` (IPv6 ones are
+    IPv6 only, so an IPv4 server may share the port)."""
     with in_netns(path):
-        return socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(family(ip), kind)
+    if family(ip) == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
 
 
 def _source(answer: bytes) -> str:
-    """The client address a server reported (httpd writes ``[::ffff:a.b.c.d]``)."""
+    """The client address a server reported (httpd writes ``[::ffff:a.b.c.d]`` for IPv4)."""
     lines = [line.strip() for line in answer.decode(errors="replace").splitlines()]
     last = next((line for line in reversed(lines) if line), "")
     last = last.strip("[]")
     if last.startswith("::ffff:"):
         last = last[len("::ffff:"):]
     try:
-        return str(ipaddress.IPv4Address(last))
+        return str(ipaddress.ip_address(last))
     except ValueError:
         return f"?{last[:40]}"
 
@@ -62,7 +71,7 @@ def _failure(exc: OSError) -> str:
 
 def probe_tcp(ns: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
     """Connect from ``ns`` to ``ip:port``: ``ok <source seen>``, ``refused``, ``timeout``..."""
-    sock = ns_socket(ns, socket.SOCK_STREAM)
+    sock = ns_socket(ns, socket.SOCK_STREAM, ip)
     sock.settimeout(timeout)
     try:
         sock.connect((ip, port))
@@ -79,7 +88,7 @@ def probe_tcp(ns: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
 
 def probe_udp(ns: str | None, ip: str, port: int, timeout: float = 2.0) -> str:
     """One datagram from ``ns`` to ``ip:port`` (resent a few times): ``ok <source seen>``..."""
-    sock = ns_socket(ns, socket.SOCK_DGRAM)
+    sock = ns_socket(ns, socket.SOCK_DGRAM, ip)
     deadline = time.monotonic() + timeout
     try:
         sock.connect((ip, port))
@@ -113,7 +122,7 @@ class PeerServer:
         self.proto = proto
         self._stop = threading.Event()
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        self._sock = ns_socket(ns, kind)
+        self._sock = ns_socket(ns, kind, ip)
         try:
             self._sock.bind((ip, port))
             if proto == "tcp":
@@ -166,11 +175,13 @@ class PeerServer:
 class Outside:
     """A host outside Docker's world: a namespace joined to the host by a veth pair.
 
-    The namespace routes the test subnet pool via the host end, like a machine on the LAN whose
-    router is this host; the host already forwards (dockerd set ``ip_forward``).
+    The namespace routes the test subnet pools (IPv4 and IPv6) via the host end, like a
+    machine on the LAN whose router is this host; the host already forwards IPv4 (dockerd set
+    ``ip_forward``), IPv6 where a test turned it on.
     """
 
-    def __init__(self, subnet: ipaddress.IPv4Network, pool: ipaddress.IPv4Network) -> None:
+    def __init__(self, subnet: ipaddress.IPv4Network, pool: ipaddress.IPv4Network,
+                 subnet_v6: ipaddress.IPv6Network, pool_v6: ipaddress.IPv6Network) -> None:
         tag = secrets.token_hex(3)
         self.name = f"pt-out-{tag}"
         self.host_end = f"pto{tag}"
@@ -179,6 +190,9 @@ class Outside:
         self.pool = pool
         self.host_ip = str(subnet[1])  # "the host's address" for every probe
         self.ip = str(subnet[2])
+        self.subnet_v6, self.pool_v6 = subnet_v6, pool_v6
+        self.host_ip6 = str(subnet_v6[1])
+        self.ip6 = str(subnet_v6[2])
 
     @property
     def ns(self) -> str:
@@ -196,6 +210,11 @@ class Outside:
         run(["ip", "-n", self.name, "addr", "add", f"{self.ip}/{prefix}", "dev", self.ns_end])
         run(["ip", "-n", self.name, "link", "set", self.ns_end, "up"])
         run(["ip", "-n", self.name, "route", "add", str(self.pool), "via", self.host_ip])
+        prefix6 = self.subnet_v6.prefixlen
+        run(["ip", "addr", "add", f"{self.host_ip6}/{prefix6}", "dev", self.host_end, "nodad"])
+        run(["ip", "-n", self.name, "addr", "add", f"{self.ip6}/{prefix6}", "dev", self.ns_end,
+             "nodad"])
+        run(["ip", "-n", self.name, "route", "add", str(self.pool_v6), "via", self.host_ip6])
 
     def destroy(self) -> None:
         """Remove the veth pair and the namespace; safe on a half-built one."""

@@ -96,7 +96,7 @@ def test_wedged_iptables_fails_the_call_with_a_clear_error(app: App, tool: str, 
                                                            ) -> None:
     app.driver.ready.set()
     # In a namespace of its own dockerd's nftables table is absent: auto writes iptables.
-    backend = app.driver.firewall.backends["iptables"].backend  # type: ignore[attr-defined]
+    backend = app.driver.firewall.backends["iptables"].v4.backend  # type: ignore[attr-defined]
     stub = tmp_path / f"iptables-{backend}-{tool}"
     stub.write_text("#!/bin/sh\nexec sleep 600\n")  # exec: the timeout kills the sleeper
     stub.chmod(0o755)

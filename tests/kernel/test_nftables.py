@@ -15,7 +15,8 @@ from plugin.firewall.rules import Desired, NetworkSpec, PortSpec
 
 TABLE = "pynet-kt"
 NETWORKS = [
-    NetworkSpec("pn-kt-a", ipaddress.IPv4Network("10.9.0.0/24")),
+    NetworkSpec("pn-kt-a", ipaddress.IPv4Network("10.9.0.0/24"),
+                subnet_v6=ipaddress.IPv6Network("fd09::/64")),
     NetworkSpec("pn-kt-b", ipaddress.IPv4Network("10.9.1.0/24"), internal=True, icc=False),
     NetworkSpec("pn-kt-c", ipaddress.IPv4Network("10.9.2.0/24"), masquerade=False,
                 trusted=("eth9",)),
@@ -24,6 +25,9 @@ PORTS = [
     PortSpec("pn-kt-a", ipaddress.IPv4Address("10.9.0.2"), "tcp", 80, None, 8080),
     PortSpec("pn-kt-a", ipaddress.IPv4Address("10.9.0.2"), "udp", 53,
              ipaddress.IPv4Address("192.0.2.5"), 5353),
+    PortSpec("pn-kt-a", ipaddress.IPv6Address("fd09::2"), "tcp", 80, None, 8080),
+    PortSpec("pn-kt-a", ipaddress.IPv6Address("fd09::2"), "udp", 53,
+             ipaddress.IPv6Address("2001:db8::5"), 5353),
 ]
 ALL = Desired(NETWORKS, PORTS)
 

@@ -23,6 +23,8 @@ from plugin.store import DELETING, Store
 
 HOST_ROUTES = [(ipaddress.IPv4Network("0.0.0.0/0"), "eth0"),
                (ipaddress.IPv4Network("192.0.2.0/24"), "eth0")]
+HOST_ROUTES_V6 = [(ipaddress.IPv6Network("::/0"), "eth0"),
+                  (ipaddress.IPv6Network("2001:db8:1::/64"), "eth0")]
 
 
 class FakeNetlink:
@@ -51,6 +53,10 @@ class FakeNetlink:
         routes = HOST_ROUTES + [(ipaddress.IPv4Interface(address).network, name)
                                 for name, found in self.addresses.items() for address in found]
         return [r for r in routes if overlapping is None or r[0].overlaps(overlapping)]
+
+    def routes_v6(self, overlapping: ipaddress.IPv6Network
+                  ) -> list[tuple[ipaddress.IPv6Network, str]]:
+        return [r for r in HOST_ROUTES_V6 if r[0].overlaps(overlapping)]
 
     def get(self, name: str) -> Link | None:
         return self.links.get(name)
@@ -82,8 +88,10 @@ class FakeSysctl:
     root = Path("/fake/proc/sys")
 
     def __init__(self) -> None:
-        self.values = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "0",
+        self.values = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
+                       "net/ipv6/conf/all/disable_ipv6": "0",
                        "net/bridge/bridge-nf-call-iptables": "1",
+                       "net/bridge/bridge-nf-call-ip6tables": "1",
                        "net/ipv4/ip_local_port_range": "32768\t60999"}
 
     def read(self, key: str) -> str | None:
@@ -97,6 +105,7 @@ class StubFirewall:
     """Keeps what it was last asked for; ``fail`` makes the next apply raise."""
 
     name = "stub"
+    ipv6 = True
 
     def __init__(self) -> None:
         self.applied: Desired = Desired([], [])
@@ -120,8 +129,9 @@ class StubFirewall:
 
 
 class World:
-    def __init__(self, driver: Driver, netlink: FakeNetlink, firewall: StubFirewall) -> None:
-        self.driver, self.netlink, self.firewall = driver, netlink, firewall
+    def __init__(self, driver: Driver, netlink: FakeNetlink, firewall: StubFirewall,
+                 sysctl: FakeSysctl) -> None:
+        self.driver, self.netlink, self.firewall, self.sysctl = driver, netlink, firewall, sysctl
 
     def bridges(self) -> list[str]:
         return [spec.bridge for spec in self.firewall.applied.networks]
@@ -133,20 +143,31 @@ def world(tmp_path: Path) -> Iterator[World]:
     driver = Driver(Settings(name="pynet-unit", state_dir=str(tmp_path)), Store(str(tmp_path)),
                     netlink, sysctl, firewall, PortReservations(sysctl))  # type: ignore[arg-type]
     driver.ready.set()
-    yield World(driver, netlink, firewall)
+    yield World(driver, netlink, firewall, sysctl)
     driver.close()
 
 
-def create(pool: str, space: str = "LocalDefault", bridge: str = "") -> protocol.CreateNetwork:
+def create(pool: str, space: str = "LocalDefault", bridge: str = "", pool_v6: str | None = None,
+           internal: bool = False) -> protocol.CreateNetwork:
     generic = {"com.docker.network.bridge.name": bridge} if bridge else {}
     return protocol.CreateNetwork.parse(network_body(hex_id(), pool, space=space,
-                                                     generic=generic))
+                                                     generic=generic, pool_v6=pool_v6,
+                                                     internal=internal))
 
 
-def endpoint(network_id: str, address: str) -> protocol.CreateEndpoint:
+def endpoint(network_id: str, address: str, address_v6: str = "") -> protocol.CreateEndpoint:
     return protocol.CreateEndpoint.parse({
         "NetworkID": network_id, "EndpointID": hex_id(),
-        "Interface": {"Address": address}})
+        "Interface": {"Address": address, "AddressIPv6": address_v6}})
+
+
+def publish(world: "World", ep: protocol.CreateEndpoint, *bindings: tuple[str, int]) -> None:
+    """ProgramExternalConnectivity with tcp bindings (host address, host port) of port 80+i."""
+    world.driver.program_external(protocol.ProgramExternalConnectivity.parse({
+        "NetworkID": ep.network_id, "EndpointID": ep.endpoint_id,
+        "Options": {protocol.PORTMAP: [
+            {"Proto": 6, "Port": 80 + i, "HostIP": ip, "HostPort": port, "HostPortEnd": port}
+            for i, (ip, port) in enumerate(bindings)]}}))
 
 
 def test_a_network_is_recorded_built_and_firewalled(world: World) -> None:
@@ -261,3 +282,92 @@ def test_a_deleted_endpoint_frees_its_ports_at_once_and_its_rules_after(world: W
     assert world.firewall.applied.ports == []
     assert world.driver.store.endpoint(ep.endpoint_id) is None
     assert not world.driver.deletes.rules_pending("10.231.45.2/24")
+
+
+def test_a_dual_stack_network_gets_both_gateways_and_both_firewalls(world: World) -> None:
+    req = create("10.231.46.0/24", bridge="pt-unit6", pool_v6="fd31:46::/64")
+    world.driver.create_network(req)
+    assert world.netlink.addresses["pt-unit6"] == {"10.231.46.1/24", "fd31:46::1/64"}
+    assert world.sysctl.values["net/ipv6/conf/pt-unit6/disable_ipv6"] == "0"
+    (spec,) = world.firewall.applied.networks
+    assert spec.subnet_v6 == ipaddress.IPv6Network("fd31:46::/64")
+    ep = endpoint(req.network_id, "10.231.46.2/24", "fd31:46::2/64")
+    world.driver.create_endpoint(ep)
+    joined = world.driver.join(protocol.Join.parse({
+        "NetworkID": req.network_id, "EndpointID": ep.endpoint_id, "SandboxKey": "/x"}))
+    assert (joined.gateway, joined.gateway_v6) == ("10.231.46.1", "fd31:46::1")
+
+
+def test_a_binding_without_host_address_is_published_on_both_families(world: World) -> None:
+    req = create("10.231.47.0/24", pool_v6="fd31:47::/64")
+    world.driver.create_network(req)
+    ep = endpoint(req.network_id, "10.231.47.2/24", "fd31:47::2/64")
+    world.driver.create_endpoint(ep)
+    publish(world, ep, ("", 0), ("::", 0), ("127.0.0.1", 0))
+    ports = world.firewall.applied.ports
+    assert [(str(p.container_ip), p.port, str(p.host_ip)) for p in ports] == [
+        ("10.231.47.2", 80, "None"), ("fd31:47::2", 80, "None"),
+        ("fd31:47::2", 81, "None"), ("10.231.47.2", 82, "127.0.0.1")]
+    assert ports[0].host_port == ports[1].host_port  # one port on both families
+    world.driver.revoke_external(protocol.EndpointRef(req.network_id, ep.endpoint_id))
+    assert world.driver.ports.held() == set()
+
+
+def test_an_ipv6_binding_of_an_ipv4_only_container_is_refused_and_reserves_nothing(
+        world: World) -> None:
+    req = create("10.231.48.0/24")
+    world.driver.create_network(req)
+    ep = endpoint(req.network_id, "10.231.48.2/24")
+    world.driver.create_endpoint(ep)
+    with pytest.raises(InvalidRequest, match="cannot publish 81/tcp on ::: the container has "
+                                             "no IPv6 address"):
+        publish(world, ep, ("", 0), ("::", 0))
+    assert world.driver.ports.held() == set() and world.firewall.applied.ports == []
+
+
+@pytest.mark.parametrize("setting,value,why", [
+    ("net/ipv6/conf/all/disable_ipv6", "1", "IPv6 is disabled on the host"),
+    ("net/ipv6/conf/all/forwarding", "0", "IPv6 forwarding is off on the host"),
+    ("firewall", "", "firewall cannot write IPv6 rules here"),
+])
+def test_an_ipv6_network_the_host_cannot_serve_is_refused(world: World, setting: str,
+                                                         value: str, why: str) -> None:
+    if setting == "firewall":
+        world.firewall.ipv6 = False
+    else:
+        world.sysctl.values[setting] = value
+    with pytest.raises(InvalidRequest, match=why):
+        world.driver.create_network(create("10.231.49.0/24", pool_v6="fd31:49::/64"))
+    assert world.driver.store.networks() == [] and world.netlink.calls == []
+
+
+def test_an_internal_ipv6_network_needs_no_forwarding(world: World) -> None:
+    world.sysctl.values["net/ipv6/conf/all/forwarding"] = "0"
+    req = create("10.231.50.0/24", pool_v6="fd31:50::/64", internal=True)
+    world.driver.create_network(req)
+    assert world.driver.store.network(req.network_id) is not None
+
+
+@pytest.mark.parametrize("pool_v6,why", [
+    ("2001:db8:1::/80", "overlaps the host's route to 2001:db8:1::/64 via eth0"),
+])
+def test_an_ipv6_pool_the_host_routes_is_refused(world: World, pool_v6: str, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        world.driver.create_network(create("10.231.51.0/24", pool_v6=pool_v6))
+    assert world.netlink.calls == []
+
+
+def test_an_ipv6_address_outside_the_ipv6_subnet_is_refused(world: World) -> None:
+    req = create("10.231.52.0/24", pool_v6="fd31:52::/64")
+    world.driver.create_network(req)
+    with pytest.raises(InvalidRequest, match="IPv6 address fd31:99::2/64 is outside"):
+        world.driver.create_endpoint(endpoint(req.network_id, "10.231.52.2/24",
+                                              "fd31:99::2/64"))
+    assert world.driver.store.endpoints() == []
+
+
+def test_an_ipv6_only_network_is_refused_with_the_reason() -> None:
+    body = network_body(hex_id(), "10.231.53.0/24", pool_v6="fd31:53::/64")
+    body["IPv4Data"] = []
+    with pytest.raises(InvalidRequest, match="IPv6-only networks"):
+        protocol.CreateNetwork.parse(body)

@@ -3,12 +3,15 @@ is compared with the records (the kernel tests check that the kernel takes both)
 
 import ipaddress
 
-from plugin.firewall.nftables import delta_batch, differences, full_batch, render
+from plugin.firewall.nftables import BASE_CHAINS, delta_batch, differences, full_batch, render
 from plugin.firewall.rules import Desired, NetworkSpec, PortSpec
 
 A = NetworkSpec("pn-a", ipaddress.IPv4Network("10.9.0.0/24"))
 B = NetworkSpec("pn-b", ipaddress.IPv4Network("10.9.1.0/24"), internal=True, icc=False)
 PORT = PortSpec("pn-a", ipaddress.IPv4Address("10.9.0.2"), "tcp", 80, None, 8080)
+A6 = NetworkSpec("pn-a", ipaddress.IPv4Network("10.9.0.0/24"),
+                 subnet_v6=ipaddress.IPv6Network("fd09::/64"))
+PORT6 = PortSpec("pn-a", ipaddress.IPv6Address("fd09::2"), "tcp", 80, None, 8080)
 
 
 def test_a_network_create_only_adds() -> None:
@@ -53,41 +56,39 @@ def test_the_whole_table_is_replaced_in_one_transaction() -> None:
 
 
 def listed() -> list[dict]:
-    """A JSON listing as nft prints it for network A with PORT."""
-    chain = [{"chain": {"name": n}} for n in ("raw", "forward", "published", "nat-prerouting",
-                                              "nat-output", "nat-postrouting", "in-pn-a")]
-    rules = [{"rule": {"chain": "raw"}}] * 5 + [{"rule": {"chain": "forward"}}] * 2 + \
-        [{"rule": {"chain": "published"}}] * 2 + [{"rule": {"chain": "nat-prerouting"}}] + \
-        [{"rule": {"chain": "nat-output"}}] + [{"rule": {"chain": "nat-postrouting"}}] * 3 + \
-        [{"rule": {"chain": "in-pn-a"}}] * 4
+    """A JSON listing as nft prints it for dual-stack network A with PORT and PORT6."""
+    chain = [{"chain": {"name": n}} for n in (*BASE_CHAINS, "in-pn-a")]
+    rules = [{"rule": {"chain": name}} for name, (_, body) in BASE_CHAINS.items()
+             for _ in body] + [{"rule": {"chain": "in-pn-a"}}] * 5
+    v4, v6 = {"addr": "10.9.0.0", "len": 24}, {"addr": "fd09::", "len": 64}
     sets = [
         {"set": {"name": "bridges", "type": "ifname", "elem": ["pn-a"]}},
-        {"set": {"name": "subnets", "type": "ipv4_addr",
-                 "elem": [{"prefix": {"addr": "10.9.0.0", "len": 24}}]}},
-        {"set": {"name": "own", "type": ["ipv4_addr", "ifname"],
-                 "elem": [{"concat": [{"prefix": {"addr": "10.9.0.0", "len": 24}}, "pn-a"]}]}},
-        {"set": {"name": "trusted", "type": ["ipv4_addr", "ifname"]}},
-        {"set": {"name": "masquerading", "type": "ipv4_addr",
-                 "elem": [{"prefix": {"addr": "10.9.0.0", "len": 24}}]}},
         {"map": {"name": "inbound", "type": "ifname", "map": "verdict",
                  "elem": [["pn-a", {"jump": {"target": "in-pn-a"}}]]}},
         {"map": {"name": "outbound", "type": "ifname", "map": "verdict"}},
-        {"set": {"name": "ports", "type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"],
-                 "elem": [{"concat": ["pn-a", "10.9.0.2", "tcp", 80]}]}},
-        {"set": {"name": "hairpin", "type": ["ipv4_addr", "ipv4_addr", "inet_proto",
-                                             "inet_service"],
-                 "elem": [{"concat": ["10.9.0.2", "10.9.0.2", "tcp", 80]}]}},
-        {"map": {"name": "port_host", "type": ["ipv4_addr", "inet_proto", "inet_service"],
-                 "map": "ipv4_addr . inet_service"}},
-        {"map": {"name": "port_any", "type": ["inet_proto", "inet_service"],
-                 "map": "ipv4_addr . inet_service",
-                 "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["10.9.0.2", 80]}]]}},
     ]
+    for s, a, prefix, ip in (("", "ipv4_addr", v4, "10.9.0.2"), ("6", "ipv6_addr", v6, "fd09::2")):
+        sets += [
+            {"set": {"name": "subnets" + s, "type": a, "elem": [{"prefix": prefix}]}},
+            {"set": {"name": "own" + s, "type": [a, "ifname"],
+                     "elem": [{"concat": [{"prefix": prefix}, "pn-a"]}]}},
+            {"set": {"name": "trusted" + s, "type": [a, "ifname"]}},
+            {"set": {"name": "masquerading" + s, "type": a, "elem": [{"prefix": prefix}]}},
+            {"set": {"name": "ports" + s, "type": ["ifname", a, "inet_proto", "inet_service"],
+                     "elem": [{"concat": ["pn-a", ip, "tcp", 80]}]}},
+            {"set": {"name": "hairpin" + s, "type": [a, a, "inet_proto", "inet_service"],
+                     "elem": [{"concat": [ip, ip, "tcp", 80]}]}},
+            {"map": {"name": "port_host" + s, "type": [a, "inet_proto", "inet_service"],
+                     "map": f"{a} . inet_service"}},
+            {"map": {"name": "port_any" + s, "type": ["inet_proto", "inet_service"],
+                     "map": f"{a} . inet_service",
+                     "elem": [[{"concat": ["tcp", 8080]}, {"concat": [ip, 80]}]]}},
+        ]
     return chain + rules + sets
 
 
 def test_a_listing_that_matches_has_no_differences() -> None:
-    assert differences(listed(), render(Desired([A], [PORT]))) is None
+    assert differences(listed(), render(Desired([A6], [PORT, PORT6]))) is None
 
 
 def test_differences_name_what_is_missing_or_extra() -> None:
@@ -95,8 +96,11 @@ def test_differences_name_what_is_missing_or_extra() -> None:
                if o.get("map", {}).get("name") != "port_any"
                and o.get("rule", {}).get("chain") != "in-pn-a"]
     objects.append({"chain": {"name": "in-pn-x"}})
-    found = differences(objects, render(Desired([A], [PORT])))
-    assert found == ("chain in-pn-a has 0 rule(s), not 4; chain in-pn-x is not pynet's; "
+    found = differences(objects, render(Desired([A6], [PORT, PORT6])))
+    assert found == ("chain in-pn-a has 0 rule(s), not 5; chain in-pn-x is not pynet's; "
                      "map port_any is missing")
-    assert "set ports has other elements" in (
-        differences(listed(), render(Desired([A], []))) or "")
+    assert differences(listed(), render(Desired([A6], [PORT]))) == \
+        "set ports6 has other elements; set hairpin6 has other elements; " \
+        "map port_any6 has other elements"
+    assert "set subnets6 has other elements" in (
+        differences(listed(), render(Desired([A], [PORT, PORT6]))) or "")

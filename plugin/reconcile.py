@@ -152,9 +152,10 @@ def _network_problem(n: NetworkRecord, links: dict[str, Link],
     if not link.up:
         return f"bridge {n.bridge} is down"
     config = n.config
-    if config.gateway is not None and not config.inhibit_ipv4:
-        if config.gateway not in addresses.get(link.index, set()):
-            return f"bridge {n.bridge} lacks its address {config.gateway}"
+    wanted = [config.gateway_v6] + ([config.gateway] if not config.inhibit_ipv4 else [])
+    for gateway in wanted:
+        if gateway is not None and gateway not in addresses.get(link.index, set()):
+            return f"bridge {n.bridge} lacks its address {gateway}"
     for e in endpoints:
         veth = links.get(e.host_veth)
         if veth is not None and veth.master != link.index:

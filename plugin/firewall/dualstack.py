@@ -47,8 +47,9 @@ class DualStack:
         return any(changed)
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
-        """See ``Firewall.repair_needed``; each family's problem names it."""
-        problems = [f"{family.name}: {problem}" for family in self._families()
+        """See ``Firewall.repair_needed``; IPv6's problem says it is ip6tables'."""
+        problems = [problem if family is self.v4 else f"{family.name}: {problem}"
+                    for family in self._families()
                     if (problem := family.repair_needed(desired)) is not None]
         return "; ".join(problems) or None
 

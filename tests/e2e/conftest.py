@@ -2,6 +2,7 @@
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,19 @@ def lab(dockerd: None, subnets: Subnets, port_pool: PortPool) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
+
+
+@pytest.fixture
+def ipv6_forwarding() -> Iterator[None]:
+    """The host forwards IPv6, as dockerd makes it for Docker's own IPv6 networks (pynet
+    leaves that to the administrator); put back as found."""
+    forwarding = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    before = forwarding.read_text()
+    forwarding.write_text("1")
+    try:
+        yield
+    finally:
+        forwarding.write_text(before)
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ network while the host does not forward IPv6.
 """
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -41,8 +40,6 @@ from tests.e2e.differential import (
 )
 from tests.e2e.test_differential import CELL_DIFFERENCES, PEER_SOURCE, RULE_DIFFERENCES
 
-FORWARDING = Path("/proc/sys/net/ipv6/conf/all/forwarding")
-
 LOOPBACK_V6 = ("Docker relays host [::1] -> published port with docker-proxy; pynet has no "
                "proxy and the kernel does not DNAT ::1 off the host, so the connection is "
                "refused at once (pynet's reservation socket does not listen)")
@@ -68,16 +65,7 @@ CELL_DIFFERENCES_V6 = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def ipv6_forwarding() -> Iterator[None]:
-    """The host forwards IPv6, as dockerd makes it for Docker's own IPv6 networks (pynet
-    leaves that to the administrator); put back as found."""
-    before = FORWARDING.read_text()
-    FORWARDING.write_text("1")
-    try:
-        yield
-    finally:
-        FORWARDING.write_text(before)
+pytestmark = pytest.mark.usefixtures("ipv6_forwarding")
 
 
 def differential6(name: str, lab: Lab, pynet: Instance, scenario: Callable[[World], None]) -> None:

@@ -119,6 +119,23 @@ def test_removed_bridge_address_is_put_back(inst: Instance, res: Resources) -> N
     docker("exec", s.container, "ping", "-c1", "-W3", s.gateway.split("/")[0])
 
 
+@pytest.mark.usefixtures("ipv6_forwarding")
+def test_removed_ipv6_gateway_is_put_back(inst: Instance, res: Resources) -> None:
+    subnet = res.subnets.take()
+    subnet6 = res.subnets.v6(subnet)
+    gateway6 = f"{subnet6[1]}/64"
+    bridge = f"pr{secrets.token_hex(3)}"
+    net = res.network(inst.name, "--ipv6", "--subnet", str(subnet), "--subnet", str(subnet6),
+                      "-o", f"com.docker.network.bridge.name={bridge}")
+    container = res.run("--network", net)
+    run(["ip", "addr", "del", gateway6, "dev", bridge])
+    wait_for("the IPv6 gateway address to return", lambda: gateway6 in addresses(bridge),
+             timeout=REPAIR_TIMEOUT)
+    wait_for("the repair to be logged",
+             lambda: logged(inst, f"bridge {bridge} lacks its address {gateway6}"))
+    docker("exec", container, "ping", "-6", "-c1", "-W3", str(subnet6[1]))
+
+
 def test_deleted_veth_retires_its_endpoint(inst: Instance, res: Resources) -> None:
     s = populate(inst, res)
     run(["ip", "link", "del", s.host_veth])

@@ -9,6 +9,7 @@ addresses and iptables rules must be exactly as before. A few requests go over t
 real instance to show the worker survives what the HTTP layer sees first (oversized bodies).
 """
 
+import ipaddress
 import json
 import secrets
 import shutil
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyroute2 import IPRoute
 
-from lab import Instance, hex_id, new_instance, run, wait_for
+from lab import Instance, Subnets, hex_id, new_instance, run, wait_for
 from lab import network_body as any_network_body
 from lab.netns import thread_in_netns
 from plugin import protocol
@@ -62,14 +63,17 @@ hostile_value = st.one_of(hostile_text, json_value, st.integers(-2**70, 2**70))
 
 
 def network_body(network_id: str, pool: str = OTHER_POOL) -> dict[str, Any]:
-    """A request every field of which is present, to mutate one at a time."""
+    """A dual-stack request every field of which is present, to mutate one at a time."""
     return any_network_body(network_id, pool, generic={MTU: "1400"},
-                            aux={"a1": pool.replace("0/24", "200/24")})
+                            aux={"a1": pool.replace("0/24", "200/24")},
+                            pool_v6=str(Subnets().v6(ipaddress.IPv4Network(pool))))
 
 
 def endpoint_body(network_id: str, endpoint_id: str) -> dict[str, Any]:
+    address_v6 = Subnets().v6(ipaddress.IPv4Network(BASE_POOL))[0x77]
     return {"NetworkID": network_id, "EndpointID": endpoint_id,
-            "Interface": {"Address": "10.231.255.77/24", "AddressIPv6": "", "MacAddress": ""},
+            "Interface": {"Address": "10.231.255.77/24", "AddressIPv6": f"{address_v6}/64",
+                          "MacAddress": ""},
             "Options": {protocol.PORTMAP: [], protocol.EXPOSED_PORTS: []}}
 
 
@@ -88,7 +92,8 @@ NETWORK_PATHS = [("NetworkID",), ("Options",), ("Options", "com.docker.network.g
                  ("Options", "com.docker.network.internal"), ("IPv4Data",),
                  ("IPv4Data", 0), ("IPv4Data", 0, "Pool"), ("IPv4Data", 0, "Gateway"),
                  ("IPv4Data", 0, "AuxAddresses"), ("IPv4Data", 0, "AuxAddresses", "a1"),
-                 ("IPv6Data",)]
+                 ("IPv6Data",), ("IPv6Data", 0), ("IPv6Data", 0, "Pool"),
+                 ("IPv6Data", 0, "Gateway")]
 ENDPOINT_PATHS = [("EndpointID",), ("Interface",), ("Interface", "Address"),
                   ("Interface", "AddressIPv6"), ("Interface", "MacAddress"), ("Options",),
                   ("Options", protocol.MAC_OPTION), ("Options", protocol.PORTMAP)]
@@ -158,8 +163,8 @@ class World:
         routes = sorted([(m["family"], m.get_attr("RTA_DST"), m["dst_len"],
                           m.get_attr("RTA_OIF"), m.get_attr("RTA_TABLE"))
                          for m in self.ipr.get_routes(family=0)], key=str)
-        rules = [line.split(" [")[0] for line in run(["iptables-save"]).stdout.splitlines()
-                 if line[:1] in "*:-"]
+        rules = [line.split(" [")[0] for tool in ("iptables-save", "ip6tables-save")
+                 for line in run([tool]).stdout.splitlines() if line[:1] in "*:-"]
         sysctls = self.sysctls([str(item[0]) for item in found])
         return (sorted(found, key=str), addrs, routes, sysctls, rules, self.driver.ports.held(),
                 sorted(e.id for e in self.driver.store.endpoints()),
@@ -175,6 +180,8 @@ def world() -> Iterator[World]:
     state = tempfile.mkdtemp(prefix="pynet-hostile-")
     try:
         with thread_in_netns("pnh"):
+            # A new namespace starts with IPv6 forwarding off (IPv4's is the host's).
+            Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
             driver = build_driver(Settings(name=f"pynet-h{secrets.token_hex(3)}",
                                            state_dir=state, call_deadline=5.0))
             driver.ready.set()

@@ -1,4 +1,5 @@
-"""A rendered rule set in the host's real tables: exact text, idempotence, uninstall.
+"""A rendered rule set in the host's real tables: exact text, idempotence, uninstall; for
+iptables and ip6tables (every test runs once per family).
 
 Runs against the live filter, nat and raw tables (dockerd's too, if it runs), under a throwaway
 chain prefix and bridge names no interface has, so its rules match no packet; whatever a
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab import PYNET, Subnets, iptables_save, run
+from lab import PYNET, Subnets, ip6tables_save, iptables_save, run
 from plugin.firewall.iptables import Dump, IPTables, build_batch
 from plugin.firewall.rules import (
     DOCKER_ISOLATION_2,
@@ -34,6 +35,10 @@ class Throwaway:
     chains: Chains
     networks: list[NetworkSpec]
     ports: list[PortSpec]
+    family: int
+
+    def backend(self) -> IPTables:
+        return IPTables(self.chains, family=self.family)
 
     def desired(self, ports: bool = True) -> Desired:
         return Desired(self.networks, self.ports if ports else [])
@@ -41,33 +46,37 @@ class Throwaway:
     def rules(self, current: Dump) -> RuleSet:
         """What the backend is expected to write, as the unit tests pin it down."""
         stages = current.chain("filter", DOCKER_ISOLATION_2) is not None
-        return render(self.chains, self.networks, self.ports, stages)
+        return render(self.chains, self.networks, self.ports, stages, self.family)
 
 
-@pytest.fixture
-def throwaway() -> Iterator[Throwaway]:
+@pytest.fixture(params=[4, 6])
+def throwaway(request: pytest.FixtureRequest) -> Iterator[Throwaway]:
     tag = secrets.token_hex(3)
     name = f"pnkt{tag}"
     subnets = Subnets()
     plain, internal = subnets.take(), subnets.take()
-    ip = plain[2]
+    plain6, internal6 = subnets.v6(plain), subnets.v6(internal)
+    ip = plain[2] if request.param == 4 else plain6[2]
+    host = ipaddress.ip_address("127.0.0.1" if request.param == 4 else "::1")
     found = Throwaway(
         name, Chains(name.upper()),
-        [NetworkSpec(f"pnkt{tag}b", internal, internal=True),
-         NetworkSpec(f"pnkt{tag}a", plain, icc=False, trusted=(f"pnkt{tag}t",))],
+        [NetworkSpec(f"pnkt{tag}b", internal, internal=True, subnet_v6=internal6),
+         NetworkSpec(f"pnkt{tag}a", plain, icc=False, trusted=(f"pnkt{tag}t",),
+                     subnet_v6=plain6)],
         [PortSpec(f"pnkt{tag}a", ip, "tcp", 80, None, 18977, icc=False),
-         PortSpec(f"pnkt{tag}a", ip, "udp", 53, ipaddress.IPv4Address("127.0.0.1"), 18978,
-                  icc=False)])
+         PortSpec(f"pnkt{tag}a", ip, "udp", 53, host, 18978, icc=False)],
+        request.param)
     yield found
-    IPTables(found.chains).remove_all()
+    found.backend().remove_all()
 
 
 def mentions(prefix: str) -> list[str]:
-    return [line for line in iptables_save().splitlines() if prefix in line]
+    return [line for save in (iptables_save(), ip6tables_save())
+            for line in save.splitlines() if prefix in line]
 
 
 def test_apply_writes_exactly_the_rendered_rules_and_is_idempotent(throwaway: Throwaway) -> None:
-    ipt = IPTables(throwaway.chains)
+    ipt = throwaway.backend()
     assert ipt.apply(throwaway.desired) is True
     current = ipt.save()
     wanted = throwaway.rules(current)
@@ -83,7 +92,7 @@ def test_apply_writes_exactly_the_rendered_rules_and_is_idempotent(throwaway: Th
 
 
 def test_a_change_rewrites_it_and_converges_again(throwaway: Throwaway) -> None:
-    ipt = IPTables(throwaway.chains)
+    ipt = throwaway.backend()
     ipt.apply(throwaway.desired)
     without_ports = lambda: throwaway.desired(ports=False)  # noqa: E731
     assert ipt.repair_needed(without_ports) == \
@@ -95,7 +104,7 @@ def test_a_change_rewrites_it_and_converges_again(throwaway: Throwaway) -> None:
 
 
 def test_uninstall_removes_every_chain_and_hook(throwaway: Throwaway) -> None:
-    IPTables(throwaway.chains).apply(throwaway.desired)
+    throwaway.backend().apply(throwaway.desired)
     assert mentions(throwaway.chains.prefix)
     with tempfile.TemporaryDirectory() as state:
         done = run([PYNET, "--name", throwaway.name, "--state-dir", state, "uninstall"])

@@ -529,3 +529,56 @@ def test_dockerd_iptables_is_told_by_its_forward_jumps() -> None:
     assert docker_iptables(parse_save(BASELINE).tables["filter"])  # 20.10
     assert docker_iptables(parse_save(ENGINE_29).tables["filter"])
     assert not docker_iptables({"FORWARD": ["-j PT-FORWARD"], "DOCKER-USER": []})
+
+
+NET6 = ipaddress.IPv6Network("fd7e:231:0:82::/64")
+CIP6 = ipaddress.IPv6Address("fd7e:231:0:82::2")
+
+
+def test_ipv6_rules_are_the_twins_of_the_ipv4_ones() -> None:
+    nets = [NetworkSpec("pn-a", NET, subnet_v6=NET6),
+            NetworkSpec("pn-b", ipaddress.IPv4Network("10.231.131.0/24"), icc=False),
+            NetworkSpec("pn-c", ipaddress.IPv4Network("10.231.132.0/24"), internal=True,
+                        subnet_v6=ipaddress.IPv6Network("fd7e:231:0:84::/64"))]
+    ports = [PortSpec("pn-a", CIP, "tcp", 80, None, 8080),
+             PortSpec("pn-a", CIP6, "tcp", 80, None, 8080),
+             PortSpec("pn-a", CIP6, "udp", 53, ipaddress.IPv6Address("fd00::2"), 5353)]
+    rules = render(C, nets, ports, docker_stages=False, family=6)
+    f, nat = rules.chains["filter"], rules.chains["nat"]
+    assert f["PT-FORWARD"] == [
+        "-i pn-c ! -o pn-c -j DROP", "! -i pn-c -o pn-c -j DROP", *FORWARD_HEAD,
+        "-o pn-a -j PT-PORTS", "-i pn-a -o pn-a -j ACCEPT", "-o pn-a -j DROP",
+        # icc off: neighbour discovery still passes between the bridge's ports
+        "-o pn-b -j PT-PORTS",
+        "-i pn-b -o pn-b -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT",
+        "-i pn-b -o pn-b -p ipv6-icmp -m icmp6 --icmpv6-type 136 -j ACCEPT",
+        "-o pn-b -j DROP",
+        "-i pn-c -o pn-c -j ACCEPT", "-o pn-c -j DROP", "-i pn-c -j DROP"]
+    assert f["PT-PORTS"] == [
+        "-d fd7e:231:0:82::2/128 ! -i pn-a -o pn-a -p tcp -m tcp --dport 80 "
+        "-m conntrack --ctstate DNAT -j ACCEPT",
+        "-d fd7e:231:0:82::2/128 ! -i pn-a -o pn-a -p udp -m udp --dport 53 "
+        "-m conntrack --ctstate DNAT -j ACCEPT"]
+    assert rules.chains["raw"]["PT-RAW"] == [
+        "-s ::1/128 -i pn-+ -j DROP", "-d ::1/128 -i pn-+ -j DROP", "-i pn-+ -j RETURN",
+        "-d fd7e:231:0:82::/64 ! -i pn-a -m addrtype ! --dst-type LOCAL -j DROP",
+        "-d fd7e:231:0:84::/64 ! -i pn-c -m addrtype ! --dst-type LOCAL -j DROP"]
+    assert nat["PT-DNAT"] == [
+        "! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT "
+        "--to-destination [fd7e:231:0:82::2]:80",
+        "! -s fe80::/10 -d fd00::2/128 -p udp -m udp --dport 5353 -j DNAT "
+        "--to-destination [fd7e:231:0:82::2]:53"]
+    # no loopback masquerade (::1 never leaves the host); a network without IPv6 has none
+    assert nat["PT-POSTROUTING"] == [
+        "-s fd7e:231:0:82::/64 ! -o pn-a -j MASQUERADE",
+        "-s fd7e:231:0:82::2/128 -d fd7e:231:0:82::2/128 -p tcp -m tcp --dport 80 "
+        "-j MASQUERADE",
+        "-s fd7e:231:0:82::2/128 -d fd7e:231:0:82::2/128 -p udp -m udp --dport 53 "
+        "-j MASQUERADE"]
+    dnat_hooks = [(h.chain, h.rule) for h in rules.hooks if h.table == "nat"
+                  and h.target == "PT-DNAT"]
+    assert dnat_hooks == [
+        ("PREROUTING", "! -d ::1/128 -m addrtype --dst-type LOCAL -j PT-DNAT"),
+        ("OUTPUT", "! -d ::1/128 -m addrtype --dst-type LOCAL -j PT-DNAT")]
+    assert render(C, nets, ports, docker_stages=False).chains["nat"]["PT-DNAT"] == [
+        "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.231.130.2:80"]

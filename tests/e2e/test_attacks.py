@@ -178,13 +178,20 @@ EXPECTED_V6 = {  # Docker 29's bridge driver over IPv6, and pynet on every engin
 def test_attacks_over_ipv6_blocked_as_by_the_newest_bridge_driver(
         worlds: dict[str, World]) -> None:
     """Docker 20.10 writes no ip6tables rules (its bridge driver leaves IPv6 open): its
-    results are only reported there."""
+    results are only reported there, and its own IPv6 networks are open to every host and
+    container, pynet's included (pynet closes its own networks; Docker's are dockerd's to
+    close, as it does from 27 on)."""
     docker_saw = attack6(worlds[DOCKER])
     worlds[DOCKER].close()
     pynet_saw = attack6(worlds[PYNET])
     report = "\n".join(f"{what}: bridge {docker_saw[what]}, pynet {pynet_saw[what]}"
                        for what in EXPECTED_V6)
-    assert pynet_saw == EXPECTED_V6, report
+    pynet_expected = dict(EXPECTED_V6)
+    if engine() < 28:
+        open_docker = "container -> Docker bridge network container (its published port)"
+        assert pynet_saw[open_docker].startswith("reached"), report
+        pynet_expected[open_docker] = pynet_saw[open_docker]
+    assert pynet_saw == pynet_expected, report
     if engine() >= 28:
         docker_expected = dict(EXPECTED_V6)
         if firewall_backend() == "nftables":  # as over IPv4 (see above)

@@ -28,9 +28,9 @@ from plugin.faults import checkpoint
 from plugin.firewall.backend import Firewall
 from plugin.firewall.rules import Desired, desired_from_records
 from plugin.netconfig import NetworkConfig
-from plugin.netlink import Netlink, mac_from_ipv4
+from plugin.netlink import Netlink, mac_from_ipv4, random_local_mac
 from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6, NetworkOptions
-from plugin.ports import PortReservations
+from plugin.ports import ANY_V6, PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
 
@@ -75,7 +75,8 @@ class Epoch:
 
 def _overlap(config: NetworkConfig, req: protocol.CreateNetwork) -> str | None:
     """"<pool of req> overlaps <subnet of config>" (IPv4 first), or None."""
-    if config.subnet.overlaps(ipaddress.IPv4Network(req.ipv4.pool)):
+    if req.ipv4 is not None and config.subnet is not None \
+            and config.subnet.overlaps(ipaddress.IPv4Network(req.ipv4.pool)):
         return f"{req.ipv4.pool} overlaps {config.subnet}"
     if req.ipv6 is not None and config.subnet_v6 is not None \
             and config.subnet_v6.overlaps(ipaddress.IPv6Network(req.ipv6.pool)):
@@ -167,8 +168,8 @@ class Driver:
         if record is None:
             networks = self.store.networks()
             dropped = self._drop_superseded(req, networks)
-            if dropped or any(n.state == DELETING and (n.bridge == bridge or n.config.subnet
-                                                       .overlaps(req.ipv4.pool))
+            if dropped or any(n.state == DELETING and (n.bridge == bridge
+                                                       or _overlap(n.config, req))
                               for n in networks):
                 self.reap()  # the bridge name or subnet asked for is still being let go
             link = self.netlink.get(bridge)
@@ -207,7 +208,8 @@ class Driver:
     def _check_supported(self, req: protocol.CreateNetwork, bridge: str) -> None:
         """Refuse networks pynet cannot build as safely as the bridge driver would."""
         req.check_host_safety()
-        self._check_host_routes(ipaddress.IPv4Network(req.ipv4.pool), bridge)
+        if req.ipv4 is not None:
+            self._check_host_routes(ipaddress.IPv4Network(req.ipv4.pool), bridge)
         for key, mode in ((GATEWAY_MODE_IPV4, req.options.gateway_mode_ipv4),
                           (GATEWAY_MODE_IPV6, req.options.gateway_mode_ipv6)):
             if mode != "nat":  # NAT with the direct-routing protection, Docker's default
@@ -218,7 +220,8 @@ class Driver:
             self._check_ipv6(ipaddress.IPv6Network(req.ipv6.pool), bridge,
                              internal=req.options.internal)
         forwarding = self.sysctl.read("net/ipv4/ip_forward")
-        if not req.options.internal and forwarding is not None and forwarding.strip() != "1":
+        if req.ipv4 is not None and not req.options.internal and forwarding is not None \
+                and forwarding.strip() != "1":
             raise InvalidRequest(
                 "IP forwarding is off on the host (net.ipv4.ip_forward=0), so containers "
                 "could not reach beyond their network; enable it (sysctl -w "
@@ -287,16 +290,16 @@ class Driver:
                        and _overlap(old.config, req)]
         for old in overlapping:
             prev = old.config
-            if not prev.address_space == req.ipv4.address_space == DOCKER_IPAM_SPACE:
+            if not prev.address_space == req.address_space == DOCKER_IPAM_SPACE:
                 raise InvalidRequest(
                     f"subnet {_overlap(prev, req)} of network {old.id[:12]} "
                     f"(bridge {old.bridge}); choose another subnet, or if 'docker network "
                     f"ls' no longer shows that network, remove it with 'pynet forget "
                     f"{old.id[:12]}'")
         for old in overlapping:
-            log.warning("removing network %s (%s): dockerd now gives its pool %s to network "
-                        "%s, so it was removed while pynet was down", old.id[:12], old.bridge,
-                        old.config.subnet, req.network_id[:12])
+            log.warning("removing network %s (%s): dockerd's pool %s for network %s, so it "
+                        "was removed while pynet was down", old.id[:12], old.bridge,
+                        _overlap(old.config, req), req.network_id[:12])
             self.delete_network(protocol.NetworkRef(old.id))
         return bool(overlapping)
 
@@ -396,25 +399,27 @@ class Driver:
     def create_endpoint(self, req: protocol.CreateEndpoint) -> str | None:
         """Create the veth pair; return the MAC to report, or None if the user chose one."""
         network = self._ready_network(req.network_id)
-        if req.address is None:
-            raise InvalidRequest(f"endpoint {req.endpoint_id[:12]} has no IPv4 address; pynet "
-                                 "networks need one")
-        if req.address.ip not in network.config.subnet:
-            raise InvalidRequest(f"address {req.address} is outside the network's subnet "
-                                 f"{network.config.subnet}")
-        subnet_v6 = network.config.subnet_v6
-        if req.address_v6 is not None and (subnet_v6 is None or req.address_v6 not in subnet_v6):
-            raise InvalidRequest(f"IPv6 address {req.address_v6} is outside the network's IPv6 "
-                                 f"subnet ({subnet_v6 or 'none: the network has no IPv6'})")
+        for family, address, subnet in ((4, req.address, network.config.subnet),
+                                        (6, req.address_v6, network.config.subnet_v6)):
+            if address is None and subnet is not None:
+                raise InvalidRequest(f"endpoint {req.endpoint_id[:12]} has no IPv{family} "
+                                     f"address; its network has the IPv{family} subnet {subnet}")
+            if address is not None and (subnet is None or address not in subnet):
+                raise InvalidRequest(f"IPv{family} address {address} is outside the network's "
+                                     f"IPv{family} subnet "
+                                     f"({subnet or f'none: the network has no IPv{family}'})")
         if any(self.deletes.rules_pending(str(a)) for a in (req.address, req.address_v6) if a):
             self.sync_firewall()  # the address's old port rules must not reach this endpoint
         record = self.store.endpoint(req.endpoint_id)
         if record is None:
             host, peer = self.veth_names(req.endpoint_id)
             record = EndpointRecord(
-                id=req.endpoint_id, network_id=req.network_id, address=str(req.address),
+                id=req.endpoint_id, network_id=req.network_id,
+                address=str(req.address) if req.address else None,
                 address_v6=str(req.address_v6) if req.address_v6 else None,
-                mac=req.mac or mac_from_ipv4(req.address.ip), mac_given=req.mac is not None,
+                mac=req.mac or (mac_from_ipv4(req.address.ip) if req.address
+                                else random_local_mac()),
+                mac_given=req.mac is not None,
                 host_veth=host, peer_veth=peer, created=time.time())
             self.store.put_endpoint(record)
             checkpoint("create_endpoint.recorded")
@@ -529,8 +534,9 @@ class Driver:
         """Reserve the host ports of one ``-p`` binding. Without a host address it is
         published on host_binding_ipv4 and, where the endpoint has an IPv6 address and that
         option was left at 0.0.0.0, on :: too, with the same port (as the bridge driver
-        does). An IPv6 host address needs an IPv6 endpoint: Docker's docker-proxy would relay
-        an IPv6 client to the IPv4 container, and pynet has no proxy."""
+        does); on an IPv6-only network, on :: only. A host address of the other family than
+        the container's is refused: Docker's docker-proxy would relay between the families,
+        and pynet has no proxy."""
         p = binding
         if p.host_ip is not None:
             if p.host_ip.version == 6 and record.address_v6 is None:
@@ -538,8 +544,16 @@ class Driver:
                     f"cannot publish {p.port}/{p.proto} on {p.host_ip}: the container has no "
                     "IPv6 address on this network (create it with --ipv6), and pynet does not "
                     "relay IPv6 clients to IPv4 containers; publish on an IPv4 address")
+            if p.host_ip.version == 4 and record.address is None:
+                raise InvalidRequest(
+                    f"cannot publish {p.port}/{p.proto} on {p.host_ip}: the container has no "
+                    "IPv4 address on this network (an IPv6-only network), and pynet does not "
+                    "relay IPv4 clients to IPv6 containers; publish on an IPv6 address")
             port = self.ports.reserve(p.proto, p.host_ip, p.host_port, p.host_port_end)
             return [PortRecord(p.proto, p.port, str(p.host_ip), port)]
+        if record.address is None:  # an IPv6-only network: host_binding_ipv4 does not apply
+            port = self.ports.reserve(p.proto, ANY_V6, p.host_port, p.host_port_end)
+            return [PortRecord(p.proto, p.port, str(ANY_V6), port)]
         v4 = config.host_binding_ipv4
         if record.address_v6 is None or not v4.is_unspecified:
             port = self.ports.reserve(p.proto, v4, p.host_port, p.host_port_end)

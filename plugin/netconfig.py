@@ -21,7 +21,7 @@ DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"  # --aux-address DefaultGatewayIPv4=.
 class NetworkConfig:
     """Everything pynet builds a network from."""
 
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None  # None: an IPv6-only network
     gateway: ipaddress.IPv4Interface | None  # the bridge's address
     default_gateway: ipaddress.IPv4Address | None  # what containers route through
     address_space: str  # "LocalDefault": dockerd's own IPAM, which never overlaps pools
@@ -40,13 +40,13 @@ class NetworkConfig:
     def from_request(cls, req: protocol.CreateNetwork) -> "NetworkConfig":
         """What a (validated) CreateNetwork asks for."""
         v4, v6, opts = req.ipv4, req.ipv6, req.options
-        aux = v4.aux_addresses.get(DEFAULT_GATEWAY_AUX)
-        gateway_ip = aux.ip if aux is not None else v4.gateway.ip if v4.gateway else None
+        aux = v4.aux_addresses.get(DEFAULT_GATEWAY_AUX) if v4 else None
+        gateway_ip = aux.ip if aux is not None else v4.gateway.ip if v4 and v4.gateway else None
         return cls(
-            subnet=ipaddress.IPv4Network(v4.pool),
-            gateway=ipaddress.IPv4Interface(v4.gateway) if v4.gateway else None,
+            subnet=ipaddress.IPv4Network(v4.pool) if v4 else None,
+            gateway=ipaddress.IPv4Interface(v4.gateway) if v4 and v4.gateway else None,
             default_gateway=ipaddress.IPv4Address(gateway_ip) if gateway_ip else None,
-            address_space=v4.address_space,
+            address_space=req.address_space,
             subnet_v6=ipaddress.IPv6Network(v6.pool) if v6 else None,
             gateway_v6=ipaddress.IPv6Interface(v6.gateway) if v6 and v6.gateway else None,
             internal=opts.internal, enable_icc=opts.enable_icc,
@@ -61,7 +61,7 @@ class NetworkConfig:
             return None if value is None else str(value)
         return {
             "version": CONFIG_VERSION,
-            "subnet": str(self.subnet), "gateway": text(self.gateway),
+            "subnet": text(self.subnet), "gateway": text(self.gateway),
             "default_gateway": text(self.default_gateway), "address_space": self.address_space,
             "subnet_v6": text(self.subnet_v6), "gateway_v6": text(self.gateway_v6),
             "internal": self.internal, "enable_icc": self.enable_icc,
@@ -81,7 +81,7 @@ class NetworkConfig:
         def opt(kind: Any, key: str) -> Any:
             return None if data.get(key) is None else kind(data[key])
         return cls(
-            subnet=ipaddress.IPv4Network(data["subnet"]),
+            subnet=opt(ipaddress.IPv4Network, "subnet"),
             gateway=opt(ipaddress.IPv4Interface, "gateway"),
             default_gateway=opt(ipaddress.IPv4Address, "default_gateway"),
             address_space=data["address_space"],

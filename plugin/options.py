@@ -160,9 +160,6 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
         value = options.get(key, key == ENABLE_IPV4)
         if not isinstance(value, bool):
             raise InvalidRequest(f"{key} must be a JSON boolean, got {value!r}")
-    if not options.get(ENABLE_IPV4, True):
-        raise InvalidRequest("IPv6-only networks (--ipv4=false) are not supported by pynet yet; "
-                             "create the network with IPv4")
     fields["internal"] = options.get("com.docker.network.internal", False)
     fields["enable_ipv6"] = options.get("com.docker.network.enable_ipv6", False)
     known = {BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, INHIBIT_IPV4, MTU,

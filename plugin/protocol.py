@@ -205,7 +205,7 @@ class CreateNetwork:
 
     network_id: str
     options: NetworkOptions
-    ipv4: IPAMData
+    ipv4: IPAMData | None  # None: an IPv6-only network (--ipv4=false, Docker 28+)
     ipv6: IPAMData | None
 
     @classmethod
@@ -216,11 +216,7 @@ class CreateNetwork:
         options = parse_network_options(_plain_options(raw_options))
         v4 = [_ipam(e, 4) for e in _field(body, "IPv4Data", list, [])]
         v6 = [_ipam(e, 6) for e in _field(body, "IPv6Data", list, [])]
-        if not v4 and v6:
-            raise InvalidRequest(
-                "IPv6-only networks (--ipv4=false) are not supported by pynet yet: give the "
-                "network an IPv4 subnet too (leave out --ipv4=false), or use -d bridge")
-        if len(v4) != 1:
+        if len(v4) > 1 or not v4 and not v6:
             raise InvalidRequest(
                 f"pynet needs exactly one IPv4 pool, got {len(v4)}: "
                 "bridge driver doesn't support multiple subnets; give one --subnet"
@@ -229,9 +225,16 @@ class CreateNetwork:
             raise InvalidRequest(
                 f"pynet supports one IPv6 pool, got {len(v6)}: give at most one IPv6 --subnet"
             )
-        if v4[0].gateway is None and not options.internal:
-            raise InvalidRequest(f"IPv4 pool {v4[0].pool} has no gateway; give --gateway")
-        return cls(network_id, options, v4[0], v6[0] if v6 else None)
+        main = (v4 or v6)[0]  # the family containers route through
+        if main.gateway is None and not options.internal:
+            raise InvalidRequest(f"pool {main.pool} has no gateway; give --gateway")
+        return cls(network_id, options, v4[0] if v4 else None, v6[0] if v6 else None)
+
+    @property
+    def address_space(self) -> str:
+        """The IPAM address space of the network's pools (IPv4's, else IPv6's)."""
+        pool = self.ipv4 or self.ipv6
+        return pool.address_space if pool else ""
 
     def check_host_safety(self) -> None:
         """For a new network (not a stored one: what an earlier release accepted and built

@@ -141,7 +141,7 @@ class NetworkSpec:
     """What the rules of one network depend on."""
 
     bridge: str
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None  # None: an IPv6-only network
     internal: bool = False
     icc: bool = True
     masquerade: bool = True

@@ -21,6 +21,7 @@ from typing import Any
 from lab import (
     Subnets,
     docker,
+    docker_api_post,
     docker_ok,
     firewall_backend,
     ip6tables_save,
@@ -107,8 +108,8 @@ class Net:
     token: str
     name: str
     bridge: str
-    subnet: str
-    gateway: str
+    subnet: str | None  # None: an IPv6-only network
+    gateway: str | None
     subnet6: str | None = None
     gateway6: str | None = None
 
@@ -163,10 +164,14 @@ class World:
     def network(self, token: str, *args: str) -> Net:
         """``docker network create`` with this run's driver; with ``--ipv6`` (and no
         ``--subnet``) an IPv4 and an IPv6 subnet of the tests' ranges."""
-        if "--ipv6" in args and "--subnet" not in args:
-            subnet = self.lab.subnets.take()
-            args = (*args, "--subnet", str(subnet), "--subnet", str(self.lab.subnets.v6(subnet)))
-        name = self.res.network(self.driver, *args, name=self.name(token))
+        if "--ipv4=false" in args:
+            name = self._ipv6_only(token, args)
+        else:
+            if "--ipv6" in args and "--subnet" not in args:
+                subnet = self.lab.subnets.take()
+                args = (*args, "--subnet", str(subnet), "--subnet",
+                        str(self.lab.subnets.v6(subnet)))
+            name = self.res.network(self.driver, *args, name=self.name(token))
         info = json.loads(docker("network", "inspect", name, "--format", "{{json .}}").stdout)
         options = info.get("Options") or {}
         default = "br-" if self.label == DOCKER else "pn-"
@@ -176,11 +181,23 @@ class World:
                  (ipam["Subnet"], ipam.get("Gateway")
                   or str(ipaddress.ip_network(ipam["Subnet"])[1]))
                  for ipam in info["IPAM"]["Config"]}
-        v6 = found.get(6, (None, None))
-        net = Net(token, name, bridge, *found[4], *v6)
+        net = Net(token, name, bridge, *found.get(4, (None, None)), *found.get(6, (None, None)))
         wait_for(f"bridge {bridge}", lambda: link(bridge) is not None)
         self.nets[token] = net
         return net
+
+    def _ipv6_only(self, token: str, args: tuple[str, ...]) -> str:
+        """An IPv6-only network (``--ipv4=false --ipv6``, options as ``-o k=v`` and
+        ``--internal``) through dockerd's API: the tests' CLI is older than the flag."""
+        options = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "-o")
+        name = self.name(token)
+        status, answer = docker_api_post("networks/create", {
+            "Name": name, "Driver": self.driver, "EnableIPv4": False, "EnableIPv6": True,
+            "Internal": "--internal" in args, "Options": options,
+            "IPAM": {"Config": [{"Subnet": str(self.lab.subnets.v6(self.lab.subnets.take()))}]}})
+        assert status == 201, f"creating IPv6-only network {name}: {answer}"
+        self.res.networks.append(name)
+        return name
 
     def container(self, token: str, net: str, *args: str) -> str:
         """A busybox container serving HTTP on 80 and 9000, started on network ``net``."""
@@ -278,7 +295,7 @@ class World:
         if where.startswith("gw:"):
             net = self.nets[where[3:]]
             gateway = net.gateway if family == 4 else net.gateway6
-            assert gateway is not None, f"network {net.token} has no IPv6"
+            assert gateway is not None, f"network {net.token} has no IPv{family}"
             return gateway
         ctr, net_token = where.split("@")
         return (self.ips if family == 4 else self.ips6)[ctr][net_token]

@@ -366,8 +366,48 @@ def test_an_ipv6_address_outside_the_ipv6_subnet_is_refused(world: World) -> Non
     assert world.driver.store.endpoints() == []
 
 
-def test_an_ipv6_only_network_is_refused_with_the_reason() -> None:
-    body = network_body(hex_id(), "10.231.53.0/24", pool_v6="fd31:53::/64")
+def ipv6_only(pool_v6: str) -> protocol.CreateNetwork:
+    """An IPv6-only network (--ipv4=false) as dockerd 28+ asks for it."""
+    body = network_body(hex_id(), "10.231.53.0/24", pool_v6=pool_v6)
     body["IPv4Data"] = []
-    with pytest.raises(InvalidRequest, match="IPv6-only networks"):
-        protocol.CreateNetwork.parse(body)
+    body["Options"]["com.docker.network.enable_ipv4"] = False
+    return protocol.CreateNetwork.parse(body)
+
+
+def test_an_ipv6_only_network_has_only_ipv6(world: World) -> None:
+    world.sysctl.values["net/ipv4/ip_forward"] = "0"  # IPv4 forwarding plays no part
+    req = ipv6_only("fd31:53::/64")
+    world.driver.create_network(req)
+    record = world.driver.store.network(req.network_id)
+    assert record is not None and record.config.subnet is None
+    assert world.netlink.addresses[record.bridge] == {"fd31:53::1/64"}
+    (spec,) = world.firewall.applied.networks
+    assert spec.subnet is None and str(spec.subnet_v6) == "fd31:53::/64"
+    ep = protocol.CreateEndpoint.parse({"NetworkID": req.network_id, "EndpointID": hex_id(),
+                                        "Interface": {"AddressIPv6": "fd31:53::2/64"}})
+    mac = world.driver.create_endpoint(ep)
+    assert mac is not None and mac.startswith("02:42:")
+    joined = world.driver.join(protocol.Join.parse({
+        "NetworkID": req.network_id, "EndpointID": ep.endpoint_id, "SandboxKey": "/x"}))
+    assert (joined.gateway, joined.gateway_v6) == (None, "fd31:53::1")
+    publish(world, ep, ("", 0))
+    (port,) = world.firewall.applied.ports
+    assert (str(port.container_ip), port.host_ip) == ("fd31:53::2", None)
+    with pytest.raises(InvalidRequest, match="no IPv4 address on this network"):
+        publish(world, ep, ("", 0), ("0.0.0.0", 0))
+    assert world.firewall.applied.ports == [] and world.driver.ports.held() == set()
+
+
+@pytest.mark.parametrize("interface,why", [
+    ({"Address": "10.231.53.2/24", "AddressIPv6": "fd31:54::2/64"},
+     "IPv4 address 10.231.53.2/24 is outside the network's IPv4 subnet .none"),
+    ({}, "has no IPv6 address; its network has the IPv6 subnet fd31:54::/64"),
+])
+def test_an_ipv6_only_network_refuses_endpoints_it_cannot_build(world: World, interface: dict,
+                                                                why: str) -> None:
+    req = ipv6_only("fd31:54::/64")
+    world.driver.create_network(req)
+    with pytest.raises(InvalidRequest, match=why):
+        world.driver.create_endpoint(protocol.CreateEndpoint.parse({
+            "NetworkID": req.network_id, "EndpointID": hex_id(), "Interface": interface}))
+    assert world.driver.store.endpoints() == []

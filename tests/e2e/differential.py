@@ -357,9 +357,10 @@ class World:
                 facts: Callable[["World"], dict[str, str]] | None = None) -> Observation:
         """Record rules, matrix and facts as step ``step``; ``cells`` map to Docker's results."""
         save = stable_iptables_save(30)
+        both = save + (ip6tables_save() if any(n.subnet6 for n in self.nets.values()) else "")
         seen = Observation(self.rules(save), self.matrix(cells, save),
                            {cell.label: want for cell, want in cells.items()},
-                           facts(self) if facts else {}, self.tokens().mentions(save))
+                           facts(self) if facts else {}, self.tokens().mentions(both))
         self.steps[step] = seen
         return seen
 

@@ -239,10 +239,10 @@ class Driver:
                                  "without --ipv6, or enable IPv6 on the host")
         if not self.firewall.ipv6:
             raise InvalidRequest(
-                f"pynet's {self.firewall.name} firewall cannot write IPv6 rules here (no "
-                "ip6tables on the host, or a backend without IPv6 yet), so the network's "
-                "containers would be open to every other network over IPv6; create the "
-                "network without --ipv6")
+                f"pynet's {self.firewall.name} firewall cannot write IPv6 rules here (the "
+                "host has no ip6tables), so the network's containers would be open to every "
+                "other network over IPv6; install ip6tables, or create the network without "
+                "--ipv6")
         self._check_host_routes(pool, bridge)
         forwarding = self.sysctl.read("net/ipv6/conf/all/forwarding")
         if not internal and forwarding is not None and forwarding.strip() != "1":

@@ -310,6 +310,8 @@ class Driver:
         # A host booted with ipv6.disable=1 has no net/ipv6 tree: nothing to turn off there.
         if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
+            if config.subnet_v6 is None:  # no IPv6 rules then either (rules.py)
+                self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "1")
         if config.gateway is not None and not config.inhibit_ipv4:
             self.netlink.ensure_address(br, config.gateway)
         if config.gateway_v6 is not None:

@@ -10,6 +10,7 @@ no IPv6 half; the driver then refuses ``--ipv6`` networks.
 
 import shutil
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 
 from plugin.firewall.iptables import IPTables
@@ -23,8 +24,9 @@ def host_has_ipv6(backend: str) -> bool:
 
 
 class DualStack:
-    """``IPTables`` for IPv4 and, where the host has IPv6, for IPv6: every call goes to both,
-    IPv4 first (one ``plugin.firewall.backend.Firewall``)."""
+    """``IPTables`` for IPv4 and, where the host has IPv6, for IPv6: every call goes to both
+    (one ``plugin.firewall.backend.Firewall``). A change writes both families at once, each
+    restore in its own process, so a call waits for the slower of the two, not their sum."""
 
     name = "iptables"
 
@@ -32,6 +34,7 @@ class DualStack:
         self.v4 = IPTables(chains)
         self.v6 = IPTables(chains, self.v4.backend, family=6) \
             if host_has_ipv6(self.v4.backend) else None
+        self._v6_writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ip6")
 
     @property
     def ipv6(self) -> bool:
@@ -43,8 +46,14 @@ class DualStack:
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:
         """See ``Firewall.apply``."""
-        changed = [family.apply(desired, fresh=fresh, keep=keep) for family in self._families()]
-        return any(changed)
+        if self.v6 is None:
+            return self.v4.apply(desired, fresh=fresh, keep=keep)
+        v6 = self._v6_writer.submit(self.v6.apply, desired, fresh=fresh, keep=keep)
+        try:
+            v4 = self.v4.apply(desired, fresh=fresh, keep=keep)
+        finally:
+            futures.wait([v6])
+        return v6.result() or v4
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """See ``Firewall.repair_needed``; IPv6's problem says it is ip6tables'."""

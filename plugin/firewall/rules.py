@@ -41,12 +41,14 @@ The layout, per network (``BR`` its bridge):
 * nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
   ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
 
-IPv6 (ip6tables) gets the same chains, hooks and rules, rendered with ``family=6``: the
-interface rules for every network (a network without an IPv6 subnet still drops what would
-enter its bridge over IPv6), the subnet and address rules from each network's IPv6 subnet and
-its endpoints' IPv6 addresses. The kernel never routes ::1 off the host, so the loopback
-masquerade has no twin, and ::1 is not DNATed: host ::1 -> published port is refused (Docker
-relays it with its docker-proxy; pynet has none, see ``ports``).
+IPv6 (ip6tables) gets the same chains, hooks and rules, rendered with ``family=6``, for the
+networks that have an IPv6 subnet, the subnet and address rules from it and from the
+endpoints' IPv6 addresses. A network without IPv6 has IPv6 turned off on its bridge (the
+driver's doing: the host neither takes nor routes IPv6 there) and gets no IPv6 rules, unless
+icc is off: bridged IPv6 between its containers (link-local; dockerd 28+ turns IPv6 off in
+them, 20.10 does not) is dropped as IPv4 is. The kernel never routes ::1 off the host, so
+the loopback masquerade has no twin, and ::1 is not DNATed: host ::1 -> published port is
+refused (Docker relays it with its docker-proxy; pynet has none, see ``ports``).
 """
 
 import ipaddress
@@ -371,6 +373,8 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     not matter; oldest first appends a new network's rules at the end of each chain, where
     iptables-nft adds without reading the chain (inserting at rule N reads all of it).
     """
+    if family == 6:
+        networks = [net for net in networks if net.subnet_v6 is not None or not net.icc]
     forward: list[str] = [rule for net in networks if net.internal
                           for rule in internal_drops(net)] + FORWARD_HEAD
     egress: list[str] = []

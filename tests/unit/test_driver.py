@@ -177,6 +177,8 @@ def test_a_network_is_recorded_built_and_firewalled(world: World) -> None:
     assert record is not None and record.state == "ready" and record.bridge == "pt-unit0"
     assert world.netlink.addresses["pt-unit0"] == {"10.231.40.1/24"}
     assert world.netlink.links["pt-unit0"].alias == f"pynet:pynet-unit:{req.network_id}"
+    # no IPv6 on the bridge of a network without it (it gets no IPv6 rules either)
+    assert world.sysctl.values["net/ipv6/conf/pt-unit0/disable_ipv6"] == "1"
     assert world.bridges() == ["pt-unit0"]
 
 

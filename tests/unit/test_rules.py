@@ -539,7 +539,9 @@ def test_ipv6_rules_are_the_twins_of_the_ipv4_ones() -> None:
     nets = [NetworkSpec("pn-a", NET, subnet_v6=NET6),
             NetworkSpec("pn-b", ipaddress.IPv4Network("10.231.131.0/24"), icc=False),
             NetworkSpec("pn-c", ipaddress.IPv4Network("10.231.132.0/24"), internal=True,
-                        subnet_v6=ipaddress.IPv6Network("fd7e:231:0:84::/64"))]
+                        subnet_v6=ipaddress.IPv6Network("fd7e:231:0:84::/64")),
+            # IPv4 only, icc on: IPv6 is off on its bridge, it has no IPv6 rules
+            NetworkSpec("pn-d", ipaddress.IPv4Network("10.231.133.0/24"))]
     ports = [PortSpec("pn-a", CIP, "tcp", 80, None, 8080),
              PortSpec("pn-a", CIP6, "tcp", 80, None, 8080),
              PortSpec("pn-a", CIP6, "udp", 53, ipaddress.IPv6Address("fd00::2"), 5353)]
@@ -580,5 +582,9 @@ def test_ipv6_rules_are_the_twins_of_the_ipv4_ones() -> None:
     assert dnat_hooks == [
         ("PREROUTING", "! -d ::1/128 -m addrtype --dst-type LOCAL -j PT-DNAT"),
         ("OUTPUT", "! -d ::1/128 -m addrtype --dst-type LOCAL -j PT-DNAT")]
-    assert render(C, nets, ports, docker_stages=False).chains["nat"]["PT-DNAT"] == [
+    assert not any("pn-d" in rule for chain in [*f.values(), *nat.values()] for rule in chain)
+    assert rules.chains["filter"]["PT-EGRESS"] == ["-i pn-a -j ACCEPT", "-i pn-b -j ACCEPT"]
+    ipv4 = render(C, nets, ports, docker_stages=False)
+    assert ipv4.chains["nat"]["PT-DNAT"] == [
         "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.231.130.2:80"]
+    assert "-i pn-d -j ACCEPT" in ipv4.chains["filter"]["PT-EGRESS"]

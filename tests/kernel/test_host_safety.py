@@ -2,7 +2,8 @@
 
 In a throwaway namespace (thread_netns.py), with a real driver: a pool over one of the host's
 routes is refused before anything is built, and a host booted with ``ipv6.disable=1`` (no
-``net/ipv6`` sysctl tree: here a sysctl root without it) still gets IPv4 networks.
+``net/ipv6`` sysctl tree: here a sysctl root without it) or without ip6tables (here a PATH
+without it) still gets IPv4 networks, and refuses ``--ipv6`` ones with the reason.
 """
 
 import os
@@ -43,9 +44,11 @@ def client_in_netns(tmp_path: Path, sysctl_root: str) -> Iterator[FlaskClient]:
             driver.close()
 
 
-def create(client: FlaskClient, pool: str, gateway: str, bridge: str) -> dict[str, Any]:
+def create(client: FlaskClient, pool: str, gateway: str, bridge: str,
+           pool_v6: str | None = None) -> dict[str, Any]:
     return driver_call(client, "CreateNetwork", network_body(
-        hex_id(), pool, gateway, generic={"com.docker.network.bridge.name": bridge}))
+        hex_id(), pool, gateway, generic={"com.docker.network.bridge.name": bridge},
+        pool_v6=pool_v6))
 
 
 @pytest.fixture
@@ -76,3 +79,27 @@ def test_ipv4_network_on_a_host_without_ipv6(tmp_path: Path) -> None:
         assert create(client, "10.231.252.0/24", "10.231.252.1/24", "pnsbr1") == {}
         found = link("pnsbr1")
         assert found is not None and found["linkinfo"]["info_kind"] == "bridge"
+        reply = create(client, "10.231.253.0/24", "10.231.253.1/24", "pnsbr2",
+                       pool_v6="fd7e:231:0:fd00::/64")
+        assert reply["Err"].startswith("IPv6 is disabled on the host"), reply
+        assert link("pnsbr2") is None
+
+
+def test_a_host_without_ip6tables_refuses_ipv6_networks(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the iptables backend needs ip6tables; with ``auto`` either backend may be the one
+    writing, so IPv6 networks are refused (IPv4 ones work)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for directory in os.environ["PATH"].split(":"):
+        for tool in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            if not tool.name.startswith("ip6tables") and not (tools / tool.name).exists():
+                (tools / tool.name).symlink_to(tool)
+    monkeypatch.setenv("PATH", str(tools))
+    for client in client_in_netns(tmp_path, "/proc/sys"):
+        Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
+        reply = create(client, "10.231.253.0/24", "10.231.253.1/24", "pnsbr3",
+                       pool_v6="fd7e:231:0:fd00::/64")
+        assert "cannot write IPv6 rules here (the host has no ip6tables)" in reply["Err"], reply
+        assert link("pnsbr3") is None
+        assert create(client, "10.231.252.0/24", "10.231.252.1/24", "pnsbr4") == {}

@@ -310,8 +310,7 @@ class Driver:
         # A host booted with ipv6.disable=1 has no net/ipv6 tree: nothing to turn off there.
         if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
-            if config.subnet_v6 is None:  # no IPv6 rules then either (rules.py)
-                self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "1")
+            self._ipv6_off(record)
         if config.gateway is not None and not config.inhibit_ipv4:
             self.netlink.ensure_address(br, config.gateway)
         if config.gateway_v6 is not None:
@@ -321,8 +320,23 @@ class Driver:
             # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
             self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
         self._ensure_bridge_netfilter(icc=config.enable_icc)
-        if config.gateway_v6 is not None:
+        if config.subnet_v6 is not None or not config.enable_icc:  # rules.py: its IPv6 rules
             self._ensure_bridge_netfilter(icc=config.enable_icc, family="ip6tables")
+
+    def _ipv6_off(self, record: NetworkRecord) -> None:
+        """IPv6 off on the bridge pynet made for a network without IPv6: the host then neither
+        takes nor routes IPv6 there, and such networks get no IPv6 rules (rules.py)."""
+        if record.config.subnet_v6 is None and not record.preexisting:
+            self.sysctl.ensure(f"net/ipv6/conf/{record.bridge}/disable_ipv6", "1")
+
+    def ipv6_off_everywhere(self) -> None:
+        """At start: IPv6 off on the bridges of networks without it, including those an
+        earlier release built (it left IPv6 on, and wrote IPv6 rules for them instead)."""
+        if self.sysctl.read("net/ipv6/conf/all/forwarding") is None:
+            return  # no IPv6 on this host
+        for record in self.store.networks():
+            if record.state == READY and self.netlink.get(record.bridge) is not None:
+                self._ipv6_off(record)
 
     def _ensure_bridge_netfilter(self, icc: bool, family: str = "iptables") -> None:
         """Bridged traffic must pass iptables (``family``: or ip6tables) for icc=false (Docker
@@ -553,10 +567,15 @@ class Driver:
                     "relay IPv4 clients to IPv6 containers; publish on an IPv6 address")
             port = self.ports.reserve(p.proto, p.host_ip, p.host_port, p.host_port_end)
             return [PortRecord(p.proto, p.port, str(p.host_ip), port)]
-        if record.address is None:  # an IPv6-only network: host_binding_ipv4 does not apply
+        v4 = config.host_binding_ipv4
+        if record.address is None:  # an IPv6-only network
+            if not v4.is_unspecified:  # the bridge driver binds no IPv6 then either
+                raise InvalidRequest(
+                    f"cannot publish {p.port}/{p.proto}: the network's host_binding_ipv4 is "
+                    f"{v4} and the container has no IPv4 address (an IPv6-only network); "
+                    "publish on an IPv6 address, e.g. -p [::]:PORT:PORT")
             port = self.ports.reserve(p.proto, ANY_V6, p.host_port, p.host_port_end)
             return [PortRecord(p.proto, p.port, str(ANY_V6), port)]
-        v4 = config.host_binding_ipv4
         if record.address_v6 is None or not v4.is_unspecified:
             port = self.ports.reserve(p.proto, v4, p.host_port, p.host_port_end)
             return [PortRecord(p.proto, p.port, str(v4), port)]

@@ -5,11 +5,17 @@ than through proxy processes, and holds a bound socket per binding so that neith
 container nor a host program can take the same address and port while it is published.
 IPv4 and IPv6 bindings are apart (IPv6 sockets are IPV6_V6ONLY), as docker-proxy's are: ``::``
 does not take 0.0.0.0's port.
+
+Connections never reach a reservation, being DNATed before, except a host client's to
+``[::1]:port``: the kernel cannot DNAT ::1 off the host. Those are reset at once by a thread
+that accepts and drops them (``_Refuser``), rather than left in a backlog no one serves.
 """
 
 import errno
 import ipaddress
+import selectors
 import socket
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -43,6 +49,41 @@ class Key:
                      or other.host_ip.is_unspecified))
 
 
+class _Refuser:
+    """Resets every connection to the IPv6 stream reservations it watches (see the module
+    docstring); its thread starts with the first one."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        with self._lock:
+            self._selector.register(sock, selectors.EVENT_READ)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="refuser", daemon=True)
+                self._thread.start()
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass  # not watched (an IPv4 or datagram reservation)
+
+    def _run(self) -> None:
+        while True:
+            for key, _ in self._selector.select(timeout=1.0):
+                try:
+                    conn, _peer = key.fileobj.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue  # released meanwhile, or the client gave up
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # linger 0: a reset, at once
+
+
 class PortReservations:
     """The host ports pynet holds, each backed by a bound socket."""
 
@@ -51,6 +92,13 @@ class PortReservations:
         self._held: dict[Key, socket.socket | None] = {}
         self._last: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._refuser = _Refuser()
+
+    def _take(self, key: Key, sock: socket.socket | None) -> None:
+        """Record a reservation (the caller holds the lock)."""
+        self._held[key] = sock
+        if sock is not None and key.host_ip.version == 6 and sock.type == socket.SOCK_STREAM:
+            self._refuser.watch(sock)
 
     def reserve(self, proto: str, host_ip: Address, start: int, end: int) -> int:
         """Reserve a port in ``start..end`` (0: an ephemeral one) and return it."""
@@ -80,7 +128,8 @@ class PortReservations:
                     raise Conflict(f"cannot reserve {proto} {keys[len(sockets)].host_ip}:"
                                    f"{port}: {exc.strerror}; give a host address this "
                                    "machine has") from exc
-                self._held.update(zip(keys, sockets, strict=True))
+                for key, sock in zip(keys, sockets, strict=True):
+                    self._take(key, sock)
                 if not start:
                     self._last[proto] = port
                 return port
@@ -98,7 +147,7 @@ class PortReservations:
             if key in self._held:
                 return
             try:
-                self._held[key] = _bind(key)
+                self._take(key, _bind(key))
             except OSError:
                 self._held[key] = None  # the DNAT rule still wins; keep the table consistent
 
@@ -107,6 +156,7 @@ class PortReservations:
         with self._lock:
             sock = self._held.pop(Key(proto, host_ip, port), None)
         if sock is not None:
+            self._refuser.forget(sock)
             sock.close()
 
     def held(self) -> set[Key]:
@@ -146,12 +196,8 @@ def _bind(key: Key) -> socket.socket | None:
             # has a listener, whatever the options.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(key.host_ip), key.port))
-        # IPv6 TCP reservations do not listen: the kernel cannot DNAT ::1 off the host, so a
-        # host client of [::1]:port reaches this socket and must be refused at once, not left
-        # in a backlog no one accepts from. A program that also sets SO_REUSEADDR may then
-        # bind the port too, and gets only those ::1 connections (the rest are DNATed first).
-        if kind == socket.SOCK_STREAM and key.host_ip.version == 4:
-            sock.listen(1)  # a bound-only socket would not stop a SO_REUSEADDR listener
+        if kind == socket.SOCK_STREAM:
+            sock.listen(8)  # a bound-only socket would not stop a SO_REUSEADDR listener
     except OSError:
         sock.close()
         raise

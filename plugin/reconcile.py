@@ -50,6 +50,8 @@ class Repairable(Protocol):
 
     def hold_ports(self) -> None: ...
 
+    def ipv6_off_everywhere(self) -> None: ...
+
 
 @dataclass
 class Action:
@@ -244,5 +246,6 @@ def _quiet(driver: Repairable, since: int) -> bool:
 def restore(driver: Repairable) -> list[str]:
     """Start-up: repair everything, then re-take the port reservations of live endpoints."""
     done = run(driver)
+    driver.ipv6_off_everywhere()
     driver.hold_ports()
     return done

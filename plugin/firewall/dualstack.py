@@ -8,13 +8,16 @@ restore cannot write both. A host without IPv6 (``ipv6.disable=1``) or without i
 no IPv6 half; the driver then refuses ``--ipv6`` networks.
 """
 
+import logging
 import shutil
+import threading
 from collections.abc import Callable
-from concurrent import futures
 from pathlib import Path
 
 from plugin.firewall.iptables import IPTables
 from plugin.firewall.rules import Chains, Desired
+
+log = logging.getLogger(__name__)
 
 
 def host_has_ipv6(backend: str) -> bool:
@@ -34,7 +37,6 @@ class DualStack:
         self.v4 = IPTables(chains)
         self.v6 = IPTables(chains, self.v4.backend, family=6) \
             if host_has_ipv6(self.v4.backend) else None
-        self._v6_writer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ip6")
 
     @property
     def ipv6(self) -> bool:
@@ -45,15 +47,31 @@ class DualStack:
 
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:
-        """See ``Firewall.apply``."""
-        if self.v6 is None:
+        """See ``Firewall.apply``. IPv6 is written by a thread of its own, made for the call:
+        it inherits the caller's network namespace (tests run drivers in throwaway ones)."""
+        v6_family = self.v6
+        if v6_family is None:
             return self.v4.apply(desired, fresh=fresh, keep=keep)
-        v6 = self._v6_writer.submit(self.v6.apply, desired, fresh=fresh, keep=keep)
+        outcome: list[bool | BaseException] = []
+
+        def write_v6() -> None:
+            try:
+                outcome.append(v6_family.apply(desired, fresh=fresh, keep=keep))
+            except BaseException as exc:  # handed to the caller below
+                outcome.append(exc)
+        writer = threading.Thread(target=write_v6, name="ip6tables")
+        writer.start()
         try:
             v4 = self.v4.apply(desired, fresh=fresh, keep=keep)
-        finally:
-            futures.wait([v6])
-        return v6.result() or v4
+        except BaseException:
+            writer.join()
+            if isinstance(outcome[0], BaseException):
+                log.error("ip6tables failed too: %s", outcome[0])
+            raise
+        writer.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0] or v4
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """See ``Firewall.repair_needed``; IPv6's problem says it is ip6tables'."""

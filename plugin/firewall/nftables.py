@@ -29,7 +29,7 @@ this backend (``choice.py``).
 
 IPv6 has the twin of every address set and map (suffix ``6``: ``@subnets6``, ``@ports6``, ...)
 and of every rule that matches an address; the interface rules serve both families. ::1 is
-not DNATed (the kernel never routes it off the host): host ::1 -> published port is refused.
+not DNATed (the kernel never routes it off the host): host ::1 -> published port is reset.
 """
 
 import logging

@@ -45,10 +45,12 @@ IPv6 (ip6tables) gets the same chains, hooks and rules, rendered with ``family=6
 networks that have an IPv6 subnet, the subnet and address rules from it and from the
 endpoints' IPv6 addresses. A network without IPv6 has IPv6 turned off on its bridge (the
 driver's doing: the host neither takes nor routes IPv6 there) and gets no IPv6 rules, unless
-icc is off: bridged IPv6 between its containers (link-local; dockerd 28+ turns IPv6 off in
-them, 20.10 does not) is dropped as IPv4 is. The kernel never routes ::1 off the host, so
-the loopback masquerade has no twin, and ::1 is not DNATed: host ::1 -> published port is
-refused (Docker relays it with its docker-proxy; pynet has none, see ``ports``).
+icc is off (bridged IPv6 between its containers, link-local: dockerd 28+ turns IPv6 off in
+them, 20.10 does not, is dropped as IPv4 is) or its bridge is not named by pynet (a user's
+bridge keeps IPv6 on: its rules drop what would enter it). The kernel never routes ::1 off
+the host, so the loopback masquerade has no twin, and ::1 is not DNATed: host ::1 ->
+published port is reset (Docker relays it with its docker-proxy; pynet has none, see
+``ports``).
 """
 
 import ipaddress
@@ -374,7 +376,8 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     iptables-nft adds without reading the chain (inserting at rule N reads all of it).
     """
     if family == 6:
-        networks = [net for net in networks if net.subnet_v6 is not None or not net.icc]
+        networks = [net for net in networks
+                    if net.subnet_v6 is not None or not net.icc or not _prefixed(net.bridge)]
     forward: list[str] = [rule for net in networks if net.internal
                           for rule in internal_drops(net)] + FORWARD_HEAD
     egress: list[str] = []

@@ -36,8 +36,8 @@ from tests.e2e.differential import (
 from tests.e2e.test_differential import CELL_DIFFERENCES, PEER_SOURCE, RULE_DIFFERENCES
 
 LOOPBACK_V6 = ("Docker relays host [::1] -> published port with docker-proxy; pynet has no "
-               "proxy and the kernel does not DNAT ::1 off the host, so the connection is "
-               "refused at once (pynet's reservation socket does not listen)")
+               "proxy and the kernel does not DNAT ::1 off the host, so the connection reaches "
+               "pynet's reservation socket, which resets it at once")
 
 # The IPv4 differences hold over IPv6 too (their chains are "6:<chain>" here); the hairpin
 # masquerade is per /128 instead of /32.
@@ -55,7 +55,7 @@ CELL_DIFFERENCES_V6 = [
                    PEER_SOURCE),
     CellDifference("v6-ports", "c1 -> host:H1/tcp over IPv6", "ok gw:n0", "ok c1@n0",
                    PEER_SOURCE),
-    CellDifference("v6-ports", "host -> loopback:H1/tcp over IPv6", "ok gw:n0", "refused",
+    CellDifference("v6-ports", "host -> loopback:H1/tcp over IPv6", "ok gw:n0", "reset",
                    LOOPBACK_V6),
 ]
 

@@ -14,8 +14,10 @@ import pytest
 
 from plugin.netlink import Netlink
 
-# Loopback addresses no other test uses; the flows never leave lo.
-CONTAINER, PEER, BYSTANDER = "127.0.0.71", "127.0.0.72", "127.0.0.73"
+# Loopback addresses no other test uses; the flows never leave lo. IPv6 has one loopback
+# address: the test puts three of its own on lo for the time it runs.
+FAMILIES = {4: ("127.0.0.71", "127.0.0.72", "127.0.0.73"),
+            6: ("fd7e:231:ffff::71", "fd7e:231:ffff::72", "fd7e:231:ffff::73")}
 
 
 def tracked(address: str) -> list[str]:
@@ -29,26 +31,41 @@ def tracked(address: str) -> list[str]:
 
 
 def udp_flow(source: str, destination: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET,
+                       socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
         s.sendto(b"x", (destination, 9))
 
 
-@pytest.fixture
-def clean() -> Iterator[None]:
-    yield
-    for address in (CONTAINER, PEER, BYSTANDER):
-        subprocess.run(["conntrack", "-D", "-s", address], capture_output=True, check=False)
-        subprocess.run(["conntrack", "-D", "-d", address], capture_output=True, check=False)
+@pytest.fixture(params=[4, 6])
+def addresses(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
+    """Three local addresses of one family; their flows are forgotten afterwards."""
+    found = FAMILIES[request.param]
+    if request.param == 6:
+        for address in found:
+            subprocess.run(["ip", "addr", "add", f"{address}/128", "dev", "lo", "nodad"],
+                           check=True)
+    try:
+        yield found
+    finally:
+        for address in found:
+            for flag in ("-s", "-d"):
+                subprocess.run(["conntrack", "-D", flag, address], capture_output=True,
+                               check=False)
+            if request.param == 6:
+                subprocess.run(["ip", "addr", "del", f"{address}/128", "dev", "lo"],
+                               check=False)
 
 
-def test_flush_drops_the_address_flows_both_ways_and_nothing_else(clean: None) -> None:
+def test_flush_drops_the_address_flows_both_ways_and_nothing_else(
+        addresses: tuple[str, str, str]) -> None:
+    CONTAINER, PEER, BYSTANDER = addresses  # noqa: N806 (the roles read better as constants)
     udp_flow(CONTAINER, PEER)  # the container as client: orig source
     udp_flow(PEER, CONTAINER)  # the container as server: orig destination
     udp_flow(PEER, BYSTANDER)
     assert len(tracked(CONTAINER)) == 2 and tracked(BYSTANDER)
 
-    dropped = Netlink().flush_conntrack(ipaddress.IPv4Address(CONTAINER))
+    dropped = Netlink().flush_conntrack(ipaddress.ip_address(CONTAINER))
 
     assert dropped == 2
     assert tracked(CONTAINER) == []

@@ -37,10 +37,8 @@ def test_a_dual_binding_holds_one_port_on_both_families(ports: PortReservations)
     try:
         for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET, "127.0.0.1"),
                                 (socket.AF_INET6, "::"), (socket.AF_INET6, "::1")):
-            assert bind_fails(family, address, port, reuse=False), address
-        # IPv4: not even with SO_REUSEADDR; IPv6: such a program gets only [::1] connections
-        # (see ports._bind)
-        assert bind_fails(socket.AF_INET, "0.0.0.0", port, reuse=True)
+            for reuse in (False, True):  # dockerd and docker-proxy set SO_REUSEADDR
+                assert bind_fails(family, address, port, reuse), (address, reuse)
         assert {(k.host_ip, k.port) for k in ports.held()} == {(ANY, port), (ANY_V6, port)}
     finally:
         ports.release("tcp", ANY, port)
@@ -48,16 +46,19 @@ def test_a_dual_binding_holds_one_port_on_both_families(ports: PortReservations)
     assert not bind_fails(socket.AF_INET6, "::", port, reuse=True)
 
 
-def test_the_host_reaching_an_ipv6_reservation_over_loopback_is_refused_at_once(
+def test_the_host_reaching_an_ipv6_reservation_over_loopback_is_reset_at_once(
         ports: PortReservations) -> None:
     """::1 is not DNATed (the kernel does not route it off the host), so a host client of
     [::1]:port meets the reservation itself: it must be told no, not left hanging."""
     port = ports.reserve("tcp", ANY_V6, 0, 0)
     try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as client:
-            client.settimeout(2)
-            with pytest.raises(ConnectionRefusedError):
+        for _ in range(2):  # the refuser keeps serving
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as client:
+                client.settimeout(2)
                 client.connect(("::1", port))
+                with pytest.raises(ConnectionResetError):
+                    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    client.recv(100)
     finally:
         ports.release("tcp", ANY_V6, port)
 

@@ -413,3 +413,30 @@ def test_an_ipv6_only_network_refuses_endpoints_it_cannot_build(world: World, in
         world.driver.create_endpoint(protocol.CreateEndpoint.parse({
             "NetworkID": req.network_id, "EndpointID": hex_id(), "Interface": interface}))
     assert world.driver.store.endpoints() == []
+
+
+def test_an_ipv6_only_network_with_an_ipv4_host_binding_publishes_nothing(world: World) -> None:
+    """The bridge driver binds no IPv6 when host_binding_ipv4 names an address; pynet refuses
+    rather than publish on [::] (every address) what the user bound to one."""
+    body = network_body(hex_id(), "10.231.55.0/24", pool_v6="fd31:55::/64",
+                        generic={"com.docker.network.bridge.host_binding_ipv4": "127.0.0.1"})
+    body["IPv4Data"] = []
+    req = protocol.CreateNetwork.parse(body)
+    world.driver.create_network(req)
+    ep = protocol.CreateEndpoint.parse({"NetworkID": req.network_id, "EndpointID": hex_id(),
+                                        "Interface": {"AddressIPv6": "fd31:55::2/64"}})
+    world.driver.create_endpoint(ep)
+    with pytest.raises(InvalidRequest, match="host_binding_ipv4 is 127.0.0.1"):
+        publish(world, ep, ("", 0))
+    assert world.driver.ports.held() == set() and world.firewall.applied.ports == []
+
+
+def test_ipv6_goes_off_at_start_on_bridges_an_earlier_release_left_it_on(world: World) -> None:
+    v4_only, dual = create("10.231.56.0/24", bridge="pt-old4"), \
+        create("10.231.57.0/24", bridge="pt-old6", pool_v6="fd31:57::/64")
+    for req in (v4_only, dual):
+        world.driver.create_network(req)
+    del world.sysctl.values["net/ipv6/conf/pt-old4/disable_ipv6"]  # as the release left it
+    world.driver.ipv6_off_everywhere()
+    assert world.sysctl.values["net/ipv6/conf/pt-old4/disable_ipv6"] == "1"
+    assert world.sysctl.values["net/ipv6/conf/pt-old6/disable_ipv6"] == "0"

@@ -96,10 +96,12 @@ class Plugin:
         return state["pid"] if state.get("status") == "running" and state.get("pid") else None
 
     def answers(self) -> bool:
-        """The plugin's socket (host side of its /run/docker/plugins) answers a handshake."""
+        """The plugin's socket (host side of its /run/docker/plugins) answers a handshake
+        (Plugin.Activate, which dockerd never sends a managed plugin and pynet does not log:
+        a GetCapabilities in the log is dockerd's)."""
         sock = f"/run/docker/plugins/{self.id()}/pynet.sock"
         return run(["curl", "-sf", "--max-time", "2", "--unix-socket", sock, "-X", "POST",
-                    "http://x/NetworkDriver.GetCapabilities"], check=False).returncode == 0
+                    "http://x/Plugin.Activate"], check=False).returncode == 0
 
     def enabled(self) -> bool:
         return self.inspect("{{.Enabled}}") == "true"
@@ -280,14 +282,27 @@ def test_calls_reach_dockerd_log_at_info_with_duration(plugin: Plugin, res: Reso
 
 def test_killed_plugin_is_restarted_and_networks_keep_working(plugin: Plugin,
                                                               res: Resources) -> None:
+    log = dockerd_log()
+    if log is None:
+        pytest.skip("dockerd's stdout is not a file; cannot see it register the restarted "
+                    "plugin")
     net = res.network(plugin.ref)
     a = res.run("--network", net)
     pid = plugin.pid()
     assert pid is not None
+    offset = log.stat().st_size
     os.kill(pid, signal.SIGKILL)
     wait_for("dockerd to restart the killed plugin",
              lambda: plugin.pid() not in (None, pid), timeout=15)
-    wait_for("the restarted plugin to answer", plugin.answers, timeout=5)
+    # dockerd registers a restarted plugin as a new driver half a second or more after its
+    # socket answers, and that driver knows none of the old one's joined endpoints: a
+    # container started in between is joined by the old driver and programmed by the new,
+    # and fails with "remote network driver: endpoint ... not found" (moby's
+    # daemon/libnetwork/drivers/remote/driver.go), whatever the plugin. Registration asks
+    # for the capabilities; `answers` does not, so the line is dockerd's.
+    asked = re.compile(r'msg="[^"]*GetCapabilities ok [0-9.]+ms" plugin=' + plugin.id())
+    wait_for("dockerd to register the restarted plugin",
+             lambda: asked.search(log_since(log, offset)), timeout=15)
     assert_network_works(res, net, a)
 
 

@@ -29,8 +29,8 @@ from plugin.firewall.backend import Firewall
 from plugin.firewall.rules import Desired, desired_from_records
 from plugin.netconfig import NetworkConfig
 from plugin.netlink import Netlink, mac_from_ipv4, random_local_mac
-from plugin.options import GATEWAY_MODE_IPV4, GATEWAY_MODE_IPV6, NetworkOptions
-from plugin.ports import ANY_V6, PortReservations
+from plugin.options import NetworkOptions
+from plugin.ports import ANY, ANY_V6, Address, PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
 
@@ -51,8 +51,10 @@ class Joined:
 
 def gateway_skips(options: NetworkOptions) -> tuple[bool, bool]:
     """Whether dockerd should leave the IPv4 and IPv6 gateway address unallocated: as the
-    bridge driver, for an internal network whose bridge gets no IPv4 address (inhibit_ipv4)."""
-    return options.internal and options.inhibit_ipv4, False
+    bridge driver, for a family in gateway mode ``isolated`` and for an internal network
+    whose bridge gets no IPv4 address (inhibit_ipv4); the containers may use it then."""
+    return (options.gateway_mode_ipv4 == "isolated" or options.internal and options.inhibit_ipv4,
+            options.gateway_mode_ipv6 == "isolated")
 
 
 class Epoch:
@@ -210,12 +212,6 @@ class Driver:
         req.check_host_safety()
         if req.ipv4 is not None:
             self._check_host_routes(ipaddress.IPv4Network(req.ipv4.pool), bridge)
-        for key, mode in ((GATEWAY_MODE_IPV4, req.options.gateway_mode_ipv4),
-                          (GATEWAY_MODE_IPV6, req.options.gateway_mode_ipv6)):
-            if mode != "nat":  # NAT with the direct-routing protection, Docker's default
-                raise InvalidRequest(f"{key}={mode} is not supported by pynet yet (it builds "
-                                     "nat only); leave the option out or use -d bridge for "
-                                     "this network")
         if req.ipv6 is not None:
             self._check_ipv6(ipaddress.IPv6Network(req.ipv6.pool), bridge,
                              internal=req.options.internal)
@@ -311,11 +307,10 @@ class Driver:
         if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
             self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
             self._ipv6_off(record)
-        if config.gateway is not None and not config.inhibit_ipv4:
-            self.netlink.ensure_address(br, config.gateway)
-        if config.gateway_v6 is not None:
-            self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "0")
-            self.netlink.ensure_address(br, config.gateway_v6)
+        for address in config.bridge_addresses():
+            if address.version == 6:
+                self.sysctl.ensure(f"net/ipv6/conf/{br}/disable_ipv6", "0")
+            self.netlink.ensure_address(br, address)
         if not config.internal:
             # 127.0.0.1 -> published port is DNATed onto the bridge: allow that source there.
             self.sysctl.ensure(f"net/ipv4/conf/{br}/route_localnet", "1")
@@ -325,8 +320,12 @@ class Driver:
 
     def _ipv6_off(self, record: NetworkRecord) -> None:
         """IPv6 off on the bridge pynet made for a network without IPv6: the host then neither
-        takes nor routes IPv6 there, and such networks get no IPv6 rules (rules.py)."""
-        if record.config.subnet_v6 is None and not record.preexisting:
+        takes nor routes IPv6 there, and such networks get no IPv6 rules (rules.py). Also for
+        IPv6 in gateway mode ``isolated``: the host has no address there, not even a
+        link-local one (as the bridge driver)."""
+        config = record.config
+        if (config.subnet_v6 is None or config.gateway_mode_ipv6 == "isolated") \
+                and not record.preexisting:
             self.sysctl.ensure(f"net/ipv6/conf/{record.bridge}/disable_ipv6", "1")
 
     def ipv6_off_everywhere(self) -> None:
@@ -547,13 +546,34 @@ class Driver:
 
     def _publish(self, binding: protocol.PortBinding, config: NetworkConfig,
                  record: EndpointRecord) -> list[PortRecord]:
-        """Reserve the host ports of one ``-p`` binding. Without a host address it is
-        published on host_binding_ipv4 and, where the endpoint has an IPv6 address and that
-        option was left at 0.0.0.0, on :: too, with the same port (as the bridge driver
-        does); on an IPv6-only network, on :: only. A host address of the other family than
-        the container's is refused: Docker's docker-proxy would relay between the families,
-        and pynet has no proxy."""
+        """Publish one ``-p`` binding on the host addresses ``_binding_hosts`` picks: a host
+        port reserved per address (one port for both families when it is both 0.0.0.0 and
+        ::), except in a family whose gateway mode is ``routed``: no NAT there, so no host
+        port; the container's port is opened to direct routing instead, whatever host
+        address was asked for (as the bridge driver does, which shows it as ``0.0.0.0:``)."""
         p = binding
+        nat, routed = [], []
+        for host_ip in self._binding_hosts(p, config, record):
+            if config.gateway_mode(host_ip.version) == "routed":
+                routed.append(PortRecord(p.proto, p.port, str(ANY if host_ip.version == 4
+                                                                 else ANY_V6), 0))
+            else:
+                nat.append(host_ip)
+        port = 0
+        if len(nat) == 2:
+            port = self.ports.reserve_both(p.proto, p.host_port, p.host_port_end)
+        elif nat:
+            port = self.ports.reserve(p.proto, nat[0], p.host_port, p.host_port_end)
+        return [PortRecord(p.proto, p.port, str(ip), port) for ip in nat] + routed
+
+    @staticmethod
+    def _binding_hosts(p: protocol.PortBinding, config: NetworkConfig,
+                       record: EndpointRecord) -> list[Address]:
+        """The host addresses of one ``-p`` binding. Without a host address: host_binding_ipv4
+        and, where the endpoint has an IPv6 address and that option was left at 0.0.0.0, ::
+        too (as the bridge driver does); on an IPv6-only network, :: only. A host address of
+        the other family than the container's is refused: Docker's docker-proxy would relay
+        between the families, and pynet has no proxy."""
         if p.host_ip is not None:
             if p.host_ip.version == 6 and record.address_v6 is None:
                 raise InvalidRequest(
@@ -565,8 +585,7 @@ class Driver:
                     f"cannot publish {p.port}/{p.proto} on {p.host_ip}: the container has no "
                     "IPv4 address on this network (an IPv6-only network), and pynet does not "
                     "relay IPv4 clients to IPv6 containers; publish on an IPv6 address")
-            port = self.ports.reserve(p.proto, p.host_ip, p.host_port, p.host_port_end)
-            return [PortRecord(p.proto, p.port, str(p.host_ip), port)]
+            return [p.host_ip]
         v4 = config.host_binding_ipv4
         if record.address is None:  # an IPv6-only network
             if not v4.is_unspecified:  # the bridge driver binds no IPv6 then either
@@ -574,14 +593,10 @@ class Driver:
                     f"cannot publish {p.port}/{p.proto}: the network's host_binding_ipv4 is "
                     f"{v4} and the container has no IPv4 address (an IPv6-only network); "
                     "publish on an IPv6 address, e.g. -p [::]:PORT:PORT")
-            port = self.ports.reserve(p.proto, ANY_V6, p.host_port, p.host_port_end)
-            return [PortRecord(p.proto, p.port, str(ANY_V6), port)]
+            return [ANY_V6]
         if record.address_v6 is None or not v4.is_unspecified:
-            port = self.ports.reserve(p.proto, v4, p.host_port, p.host_port_end)
-            return [PortRecord(p.proto, p.port, str(v4), port)]
-        port = self.ports.reserve_both(p.proto, p.host_port, p.host_port_end)
-        return [PortRecord(p.proto, p.port, str(v4), port),
-                PortRecord(p.proto, p.port, "::", port)]
+            return [v4]
+        return [v4, ANY_V6]
 
     def revoke_external(self, ref: protocol.EndpointRef) -> None:
         """Unpublish exactly what was programmed; unknown endpoints are fine."""
@@ -604,7 +619,7 @@ class Driver:
             log.exception("flushing conntrack entries of %s failed", address)
 
     def _release_ports(self, record: EndpointRecord) -> None:
-        for p in record.ports:
+        for p in (p for p in record.ports if not p.routed):
             self.ports.release(p.proto, ipaddress.ip_address(p.host_ip), p.host_port)
         record.ports = []
 
@@ -642,5 +657,5 @@ class Driver:
     def hold_ports(self) -> None:
         """Take the host-port reservations of recorded endpoints back (at start)."""
         for endpoint in self.store.endpoints():
-            for p in endpoint.ports:
+            for p in (p for p in endpoint.ports if not p.routed):
                 self.ports.hold(p.proto, ipaddress.ip_address(p.host_ip), p.host_port)

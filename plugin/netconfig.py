@@ -35,6 +35,19 @@ class NetworkConfig:
     iface_prefix: str = "eth"
     host_binding_ipv4: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     trusted_host_interfaces: tuple[str, ...] = ()
+    gateway_mode_ipv4: str = "nat"  # options.GATEWAY_MODES; records before them mean nat
+    gateway_mode_ipv6: str = "nat"
+
+    def gateway_mode(self, family: int) -> str:
+        """The gateway mode of IP version ``family``."""
+        return self.gateway_mode_ipv4 if family == 4 else self.gateway_mode_ipv6
+
+    def bridge_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        """The addresses the bridge carries: the gateways, but none of a family in gateway
+        mode ``isolated`` (the host has no address there) nor IPv4 with inhibit_ipv4."""
+        v4 = None if self.inhibit_ipv4 or self.gateway_mode_ipv4 == "isolated" else self.gateway
+        v6 = None if self.gateway_mode_ipv6 == "isolated" else self.gateway_v6
+        return [a for a in (v4, v6) if a is not None]
 
     @classmethod
     def from_request(cls, req: protocol.CreateNetwork) -> "NetworkConfig":
@@ -53,7 +66,8 @@ class NetworkConfig:
             enable_ip_masquerade=opts.enable_ip_masquerade, inhibit_ipv4=opts.inhibit_ipv4,
             mtu=opts.mtu, iface_prefix=opts.iface_prefix,
             host_binding_ipv4=opts.host_binding_ipv4,
-            trusted_host_interfaces=opts.trusted_host_interfaces)
+            trusted_host_interfaces=opts.trusted_host_interfaces,
+            gateway_mode_ipv4=opts.gateway_mode_ipv4, gateway_mode_ipv6=opts.gateway_mode_ipv6)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form: addresses as text, ``version`` first."""
@@ -69,6 +83,8 @@ class NetworkConfig:
             "inhibit_ipv4": self.inhibit_ipv4, "mtu": self.mtu,
             "iface_prefix": self.iface_prefix, "host_binding_ipv4": str(self.host_binding_ipv4),
             "trusted_host_interfaces": list(self.trusted_host_interfaces),
+            "gateway_mode_ipv4": self.gateway_mode_ipv4,
+            "gateway_mode_ipv6": self.gateway_mode_ipv6,
         }
 
     @classmethod
@@ -92,4 +108,6 @@ class NetworkConfig:
             inhibit_ipv4=data["inhibit_ipv4"], mtu=data["mtu"],
             iface_prefix=data["iface_prefix"],
             host_binding_ipv4=ipaddress.IPv4Address(data["host_binding_ipv4"]),
-            trusted_host_interfaces=tuple(data["trusted_host_interfaces"]))
+            trusted_host_interfaces=tuple(data["trusted_host_interfaces"]),
+            gateway_mode_ipv4=data.get("gateway_mode_ipv4", "nat"),
+            gateway_mode_ipv6=data.get("gateway_mode_ipv6", "nat"))

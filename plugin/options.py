@@ -28,6 +28,8 @@ GATEWAY_MODE_IPV4 = "com.docker.network.bridge.gateway_mode_ipv4"
 GATEWAY_MODE_IPV6 = "com.docker.network.bridge.gateway_mode_ipv6"
 ENABLE_IPV4 = "com.docker.network.enable_ipv4"  # a top-level option (--ipv4), not under -o
 GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")  # Docker 27+
+GATEWAY_MODE_FIELDS = ((GATEWAY_MODE_IPV4, "gateway_mode_ipv4"),
+                       (GATEWAY_MODE_IPV6, "gateway_mode_ipv6"))
 
 # Keys the built-in driver knows but whose effect pynet does not need (markers, or options of
 # newer engines that 20.10 also ignores); accepted without a warning.
@@ -72,10 +74,10 @@ def check_ifname(what: str, name: str, max_len: int = IFNAMSIZ) -> str:
 
 
 def parse_gateway_mode(key: str, value: str) -> str:
-    """One of Docker's gateway modes (whether pynet builds it is the driver's decision)."""
+    """One of Docker's gateway modes, for one IP version (see README, "Gateway modes")."""
     if value not in GATEWAY_MODES:
-        raise InvalidRequest(f"{key} value {value!r} is not a gateway mode: use one of "
-                             f"{', '.join(GATEWAY_MODES)}")
+        raise InvalidRequest(f"failed to parse {key} value: {value!r} (unknown gateway mode; "
+                             f"use one of {', '.join(GATEWAY_MODES)})")
     return value
 
 
@@ -152,8 +154,7 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
         fields["trusted_host_interfaces"] = tuple(
             check_ifname(f"{TRUSTED_HOST_INTERFACES} interface", name)
             for name in generic[TRUSTED_HOST_INTERFACES].split(":") if name)
-    for key, attr in ((GATEWAY_MODE_IPV4, "gateway_mode_ipv4"),
-                      (GATEWAY_MODE_IPV6, "gateway_mode_ipv6")):
+    for key, attr in GATEWAY_MODE_FIELDS:
         if key in generic:
             fields[attr] = parse_gateway_mode(key, generic[key])
     for key in ("com.docker.network.internal", "com.docker.network.enable_ipv6", ENABLE_IPV4):
@@ -162,6 +163,11 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
             raise InvalidRequest(f"{key} must be a JSON boolean, got {value!r}")
     fields["internal"] = options.get("com.docker.network.internal", False)
     fields["enable_ipv6"] = options.get("com.docker.network.enable_ipv6", False)
+    for key, attr in GATEWAY_MODE_FIELDS:
+        if fields.get(attr) == "isolated" and not fields["internal"]:  # as the bridge driver
+            raise InvalidRequest(f"gateway mode 'isolated' ({key}) can only be used for an "
+                                 "internal network: add --internal, or choose nat, "
+                                 "nat-unprotected or routed")
     known = {BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, INHIBIT_IPV4, MTU,
              IFACE_PREFIX, TRUSTED_HOST_INTERFACES, GATEWAY_MODE_IPV4,
              GATEWAY_MODE_IPV6} | KNOWN_IGNORED

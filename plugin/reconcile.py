@@ -154,9 +154,8 @@ def _network_problem(n: NetworkRecord, links: dict[str, Link],
     if not link.up:
         return f"bridge {n.bridge} is down"
     config = n.config
-    wanted = [config.gateway_v6] + ([config.gateway] if not config.inhibit_ipv4 else [])
-    for gateway in wanted:
-        if gateway is not None and gateway not in addresses.get(link.index, set()):
+    for gateway in config.bridge_addresses():
+        if gateway not in addresses.get(link.index, set()):
             return f"bridge {n.bridge} lacks its address {gateway}"
     for e in endpoints:
         veth = links.get(e.host_veth)

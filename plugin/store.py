@@ -71,17 +71,24 @@ class NetworkRecord:
 
 @dataclass
 class PortRecord:
-    """One programmed host binding: container ``port`` reachable at ``host_ip:host_port``."""
+    """One programmed host binding: container ``port`` reachable at ``host_ip:host_port``;
+    host port 0 in gateway mode ``routed``: the port is reachable at the container's own
+    address, of ``host_ip``'s family, and no host port is held."""
 
     proto: str
     port: int
     host_ip: str
     host_port: int
 
+    @property
+    def routed(self) -> bool:
+        return self.host_port == 0
+
     def __str__(self) -> str:
-        """As docker shows a binding: ``0.0.0.0:8080->80/tcp``, ``[::]:8080->80/tcp``."""
+        """As docker shows a binding: ``0.0.0.0:8080->80/tcp``, ``[::]:8080->80/tcp``, and a
+        routed one ``0.0.0.0:->80/tcp``."""
         host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
-        return f"{host}:{self.host_port}->{self.port}/{self.proto}"
+        return f"{host}:{self.host_port or ''}->{self.port}/{self.proto}"
 
 
 @dataclass

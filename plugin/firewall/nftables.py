@@ -21,6 +21,11 @@ one transaction; nothing is read back.
   ``@hairpin``), 127.0.0.0/8 sources onto a bridge, and, via ``ip saddr vmap @masquerading`` and
   ``masq-<BR>``, a subnet's traffic that leaves its bridge.
 
+Gateway modes (``rules.py``): a family in ``nat-unprotected`` or ``routed`` has its subnet out of
+``@subnets`` (no direct-routing drop), a ``routed`` one out of ``@masquerading`` too; ``in-<BR>``
+accepts that family from elsewhere (``nat-unprotected``), or its ICMP and the container ports
+in ``@routed`` (``routed``) before its final drop.
+
 An accept in one base chain is final only for that chain: every other table (dockerd's, or
 iptables-nft's) still sees the packet, and a drop anywhere is final. So pynet's drops hold
 whatever dockerd does, and pynet's containers get out only where nothing else drops their
@@ -40,7 +45,7 @@ from typing import Any
 
 from plugin.errors import KernelError
 from plugin.firewall.libnft import Nft, generation, tables
-from plugin.firewall.rules import LINK_LOCAL_V6, LOOPBACK, LOOPBACK_V6, Desired
+from plugin.firewall.rules import LINK_LOCAL_V6, LOOPBACK, LOOPBACK_V6, Desired, NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ _ADDRESS_SETS: dict[str, str] = {
     "trusted": "type {a} . ifname; flags interval;",  # subnet . a trusted interface
     "masquerading": "type {a}; flags interval;",
     "ports": "type ifname . {a} . inet_proto . inet_service;",
+    "routed": "type ifname . {a} . inet_proto . inet_service;",  # gateway mode routed
     "hairpin": "type {a} . {a} . inet_proto . inet_service;",
     "port_host": "type {a} . inet_proto . inet_service : {a} . inet_service;",
     "port_any": "type inet_proto . inet_service : {a} . inet_service;",
@@ -75,6 +81,23 @@ def _twins(*rules: str) -> tuple[str, ...]:
 
 
 _PORT = _twins("oifname . {ip} daddr . meta l4proto . th dport @ports{s}")
+_FAMILIES = {4: ("ipv4", "icmp"), 6: ("ipv6", "ipv6-icmp")}  # nfproto and ICMP names
+
+
+def _opened(br: str, net: NetworkSpec) -> tuple[str, ...]:
+    """What the network's gateway modes let into it from elsewhere beyond replies and
+    published ports (``rules.opened``): everything of a ``nat-unprotected`` family, ICMP
+    and the published ports (``@routed``) of a ``routed`` one."""
+    rules: list[str] = []
+    for v, (nfproto, icmp) in _FAMILIES.items():
+        mode, ip = net.mode(v), "ip" if v == 4 else "ip6"
+        if mode == "nat-unprotected":
+            rules.append(f"iifname != {br} meta nfproto {nfproto} accept")
+        elif mode == "routed":
+            rules += [f"iifname != {br} meta l4proto {icmp} accept",
+                      f"iifname != {br} oifname . {ip} daddr . meta l4proto . th dport "
+                      f"@routed{_SUFFIX[v]} accept"]
+    return tuple(rules)
 # Chains every table has: name -> (hook specification or None, rules).
 BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "raw": ("type filter hook prerouting priority raw; policy accept;", (
@@ -137,10 +160,11 @@ def render(desired: Desired) -> NftState:
             subnet, s = net.subnet_of(v), _SUFFIX[v]
             if subnet is None:
                 continue
-            el["subnets" + s][str(subnet)] = None
             el["own" + s][f"{subnet} . {quoted}"] = None
-            el["trusted" + s].update({f'{subnet} . "{name}"': None for name in net.trusted})
-            if net.masquerade and not net.internal:
+            if net.mode(v) == "nat":  # the other modes are for direct routing
+                el["subnets" + s][str(subnet)] = None
+                el["trusted" + s].update({f'{subnet} . "{name}"': None for name in net.trusted})
+            if net.masquerades(v):
                 el["masquerading" + s][str(subnet)] = None
         # icc off: neighbour discovery still passes, as ARP does (rules.network_filter_rules)
         intra = (f"iifname {quoted} accept",) if net.icc else () if net.internal else (
@@ -155,11 +179,14 @@ def render(desired: Desired) -> NftState:
                                 for port in _PORT) if net.trusted else ()
             state.chains[f"in-{br}"] = ("ct state established,related accept",
                                         *(f"ct status dnat {port} accept" for port in _PORT),
-                                        *via_trusted, *intra, "drop")
+                                        *via_trusted, *_opened(quoted, net), *intra, "drop")
             el["bridges"][quoted] = None
         el["inbound"][quoted] = f"jump in-{br}"
     for p in desired.ports:
         ip, to, s = p.container_ip, f"{p.container_ip} . {p.port}", _SUFFIX[p.container_ip.version]
+        if p.routed:
+            el["routed" + s][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
+            continue
         el["ports" + s][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
         el["hairpin" + s][f"{ip} . {ip} . {p.proto} . {p.port}"] = None
         if p.host_ip is None:

@@ -41,6 +41,14 @@ The layout, per network (``BR`` its bridge):
 * nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
   ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
 
+Gateway modes (``com.docker.network.bridge.gateway_mode_ipv4``/``_ipv6``, per IP version, as
+the bridge driver since Docker 28): ``nat`` is all of the above. ``nat-unprotected`` keeps the
+NAT but accepts whatever enters the bridge from elsewhere and has no direct-routing drop.
+``routed`` has no NAT at all (no masquerade, no DNAT: a published port is the container's own
+port, accepted from anywhere but its network), accepts ICMP into the bridge and has no
+direct-routing drop; the rest entering the bridge is dropped. ``isolated`` is for internal
+networks only, whose rules it does not change (the bridge has no address: the driver's doing).
+
 IPv6 (ip6tables) gets the same chains, hooks and rules, rendered with ``family=6``, for the
 networks that have an IPv6 subnet, the subnet and address rules from it and from the
 endpoints' IPv6 addresses. A network without IPv6 has IPv6 turned off on its bridge (the
@@ -151,10 +159,19 @@ class NetworkSpec:
     masquerade: bool = True
     trusted: tuple[str, ...] = ()  # host interfaces that may route to the containers
     subnet_v6: ipaddress.IPv6Network | None = None
+    modes: tuple[str, str] = ("nat", "nat")  # gateway modes of IPv4, IPv6 (module docstring)
 
     def subnet_of(self, family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         """The network's subnet of IP version ``family`` (None: it has none)."""
         return self.subnet if family == 4 else self.subnet_v6
+
+    def mode(self, family: int) -> str:
+        """The gateway mode of IP version ``family``."""
+        return self.modes[0] if family == 4 else self.modes[1]
+
+    def masquerades(self, family: int) -> bool:
+        """Whether what leaves the network for elsewhere over ``family`` is masqueraded."""
+        return self.masquerade and not self.internal and self.mode(family) != "routed"
 
 
 @dataclass(frozen=True)
@@ -170,6 +187,7 @@ class PortSpec:
     host_port: int
     icc: bool = True
     trusted: tuple[str, ...] = ()  # the network's trusted host interfaces
+    routed: bool = False  # gateway mode routed: no host port, the container port is opened
 
 
 @dataclass(frozen=True)
@@ -195,7 +213,8 @@ def desired_from_records(networks: list[NetworkRecord],
         config = network.config
         specs.append(NetworkSpec(network.bridge, config.subnet, config.internal,
                                  config.enable_icc, config.enable_ip_masquerade,
-                                 config.trusted_host_interfaces, config.subnet_v6))
+                                 config.trusted_host_interfaces, config.subnet_v6,
+                                 (config.gateway_mode_ipv4, config.gateway_mode_ipv6)))
         for endpoint in endpoints_of.get(network.id, []):
             for p in endpoint.ports:
                 host_ip = ipaddress.ip_address(p.host_ip)
@@ -205,7 +224,8 @@ def desired_from_records(networks: list[NetworkRecord],
                 ports.append(PortSpec(network.bridge, ipaddress.ip_interface(address).ip,
                                       p.proto, p.port,
                                       None if host_ip.is_unspecified else host_ip, p.host_port,
-                                      config.enable_icc, config.trusted_host_interfaces))
+                                      config.enable_icc, config.trusted_host_interfaces,
+                                      p.routed))
     return Desired(specs, ports)
 
 
@@ -286,6 +306,19 @@ def internal_drops(net: NetworkSpec) -> list[str]:
 
 
 NEIGHBOUR_DISCOVERY = (135, 136)  # ICMPv6 neighbour solicitation and advertisement
+ICMP = {4: "icmp", 6: "ipv6-icmp"}  # each family's ICMP, as iptables-save names it
+
+
+def opened(net: NetworkSpec, family: int) -> list[str]:
+    """What a network's gateway mode lets in from elsewhere beyond replies and published
+    ports: everything in ``nat-unprotected``, ICMP in ``routed`` (its published ports are
+    ``port_rules``'), nothing in ``nat``."""
+    br, mode = net.bridge, net.mode(family)
+    if mode == "nat-unprotected":
+        return [f"! -i {br} -o {br} -j ACCEPT"]
+    if mode == "routed":
+        return [f"! -i {br} -o {br} -p {ICMP[family]} -j ACCEPT"]
+    return []
 
 
 def network_filter_rules(c: Chains, net: NetworkSpec, family: int = 4) -> list[str]:
@@ -310,6 +343,7 @@ def network_filter_rules(c: Chains, net: NetworkSpec, family: int = 4) -> list[s
     return [
         *replies,
         f"-o {br} -j {c.ports}",
+        *opened(net, family),
         *intra,
         f"-o {br} -j DROP",
     ]
@@ -322,7 +356,7 @@ def network_raw_rules(net: NetworkSpec, family: int = 4) -> list[str]:
     # kernel would otherwise take both.
     localnet = [] if net.internal or _prefixed(br) else [f"-s {lo} -i {br} -j DROP",
                                                          f"-d {lo} -i {br} -j DROP"]
-    if subnet is None:
+    if subnet is None or net.mode(family) != "nat":  # the other modes are for direct routing
         return localnet
     trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
     return [*localnet, *trusted,
@@ -347,6 +381,8 @@ def port_rules(p: PortSpec) -> tuple[list[str], list[str], list[str]]:
     match = _proto(p.proto, p.port)
     dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
     container = host_route(p.container_ip)
+    if p.routed:  # reached at the container's own address, from anywhere but its network
+        return [f"-d {container} ! -i {p.bridge} -o {p.bridge} {match} -j ACCEPT"], [], []
     accept = [f"-d {container} ! -i {p.bridge} -o {p.bridge} {match} {dnatted}"]
     accept += [f"-d {container} -i {name} -o {p.bridge} {match} -j ACCEPT"
                for name in p.trusted]
@@ -394,12 +430,13 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
             continue
         egress.append(f"-i {net.bridge} -j ACCEPT")
         br, subnet = net.bridge, net.subnet_of(family)
-        if net.masquerade and subnet is not None:
+        if net.masquerades(family) and subnet is not None:
             post.append(f"-s {subnet} ! -o {br} -j MASQUERADE")
-        if family == 4:
+        if family == 4 and net.mode(4) != "routed":
             # Host 127.0.0.1 -> published port leaves on the bridge with a source the
-            # container cannot answer. Only loopback: a connection from another host address
-            # keeps its source, as with Docker (its OUTPUT DNAT, or its proxy for 127.0.0.1).
+            # container cannot answer (routed: nothing is DNATed). Only loopback: a
+            # connection from another host address keeps its source, as with Docker (its
+            # OUTPUT DNAT, or its proxy for 127.0.0.1).
             post.append(f"-s {LOOPBACK} -o {br} -j MASQUERADE")
     for p in (p for p in ports if p.container_ip.version == family):
         accept, nat_dnat, nat_post = port_rules(p)

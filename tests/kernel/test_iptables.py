@@ -54,17 +54,23 @@ def throwaway(request: pytest.FixtureRequest) -> Iterator[Throwaway]:
     tag = secrets.token_hex(3)
     name = f"pnkt{tag}"
     subnets = Subnets()
-    plain, internal = subnets.take(), subnets.take()
-    plain6, internal6 = subnets.v6(plain), subnets.v6(internal)
+    plain, internal, routed = subnets.take(), subnets.take(), subnets.take()
+    plain6, internal6, routed6 = subnets.v6(plain), subnets.v6(internal), subnets.v6(routed)
     ip = plain[2] if request.param == 4 else plain6[2]
+    routed_ip = routed[2] if request.param == 4 else routed6[2]
     host = ipaddress.ip_address("127.0.0.1" if request.param == 4 else "::1")
     found = Throwaway(
         name, Chains(name.upper()),
         [NetworkSpec(f"pnkt{tag}b", internal, internal=True, subnet_v6=internal6),
          NetworkSpec(f"pnkt{tag}a", plain, icc=False, trusted=(f"pnkt{tag}t",),
-                     subnet_v6=plain6)],
+                     subnet_v6=plain6),
+         # a gateway mode per family, and the other one the other way round
+         NetworkSpec(f"pnkt{tag}c", routed, subnet_v6=routed6,
+                     modes=("routed", "nat-unprotected") if request.param == 4
+                     else ("nat-unprotected", "routed"))],
         [PortSpec(f"pnkt{tag}a", ip, "tcp", 80, None, 18977, icc=False),
-         PortSpec(f"pnkt{tag}a", ip, "udp", 53, host, 18978, icc=False)],
+         PortSpec(f"pnkt{tag}a", ip, "udp", 53, host, 18978, icc=False),
+         PortSpec(f"pnkt{tag}c", routed_ip, "tcp", 80, None, 0, routed=True)],
         request.param)
     yield found
     found.backend().remove_all()

@@ -20,6 +20,12 @@ NETWORKS = [
     NetworkSpec("pn-kt-b", ipaddress.IPv4Network("10.9.1.0/24"), internal=True, icc=False),
     NetworkSpec("pn-kt-c", ipaddress.IPv4Network("10.9.2.0/24"), masquerade=False,
                 trusted=("eth9",)),
+    NetworkSpec("pn-kt-d", ipaddress.IPv4Network("10.9.3.0/24"),
+                subnet_v6=ipaddress.IPv6Network("fd09:3::/64"),
+                modes=("routed", "nat-unprotected")),
+    NetworkSpec("pn-kt-e", ipaddress.IPv4Network("10.9.4.0/24"),
+                subnet_v6=ipaddress.IPv6Network("fd09:4::/64"),
+                modes=("nat-unprotected", "routed")),
 ]
 PORTS = [
     PortSpec("pn-kt-a", ipaddress.IPv4Address("10.9.0.2"), "tcp", 80, None, 8080),
@@ -28,6 +34,8 @@ PORTS = [
     PortSpec("pn-kt-a", ipaddress.IPv6Address("fd09::2"), "tcp", 80, None, 8080),
     PortSpec("pn-kt-a", ipaddress.IPv6Address("fd09::2"), "udp", 53,
              ipaddress.IPv6Address("2001:db8::5"), 5353),
+    PortSpec("pn-kt-d", ipaddress.IPv4Address("10.9.3.2"), "tcp", 80, None, 0, routed=True),
+    PortSpec("pn-kt-e", ipaddress.IPv6Address("fd09:4::2"), "udp", 53, None, 0, routed=True),
 ]
 ALL = Desired(NETWORKS, PORTS)
 

@@ -14,7 +14,7 @@ import pytest
 from lab import hex_id, network_body
 from plugin import protocol
 from plugin.config import Settings
-from plugin.driver import Driver
+from plugin.driver import Driver, gateway_skips
 from plugin.errors import Conflict, InvalidRequest, KernelError
 from plugin.firewall.rules import Desired
 from plugin.netlink import Link
@@ -148,8 +148,10 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def create(pool: str, space: str = "LocalDefault", bridge: str = "", pool_v6: str | None = None,
-           internal: bool = False) -> protocol.CreateNetwork:
+           internal: bool = False, **options: str) -> protocol.CreateNetwork:
+    """CreateNetwork; ``options``: ``-o`` keys after com.docker.network.bridge."""
     generic = {"com.docker.network.bridge.name": bridge} if bridge else {}
+    generic.update({f"com.docker.network.bridge.{k}": v for k, v in options.items()})
     return protocol.CreateNetwork.parse(network_body(hex_id(), pool, space=space,
                                                      generic=generic, pool_v6=pool_v6,
                                                      internal=internal))
@@ -440,3 +442,46 @@ def test_ipv6_goes_off_at_start_on_bridges_an_earlier_release_left_it_on(world: 
     world.driver.ipv6_off_everywhere()
     assert world.sysctl.values["net/ipv6/conf/pt-old4/disable_ipv6"] == "1"
     assert world.sysctl.values["net/ipv6/conf/pt-old6/disable_ipv6"] == "0"
+
+
+def test_routed_ports_hold_no_host_port_and_nat_ones_do(world: World) -> None:
+    """routed IPv4, nat IPv6: -p 8080:80 opens the container's IPv4 port (no host port, the
+    host address asked for does not matter, as with the bridge driver) and reserves 8080 on
+    :: only; -p 127.0.0.1:8081:81 is routed too."""
+    req = create("10.231.55.0/24", pool_v6="fd31:55::/64", gateway_mode_ipv4="routed")
+    world.driver.create_network(req)
+    ep = endpoint(req.network_id, "10.231.55.2/24", "fd31:55::2/64")
+    world.driver.create_endpoint(ep)
+    publish(world, ep, ("", 8080), ("127.0.0.1", 8081))
+    record = world.driver.store.endpoint(ep.endpoint_id)
+    assert record is not None
+    assert [str(p) for p in record.ports] == ["[::]:8080->80/tcp", "0.0.0.0:->80/tcp",
+                                              "0.0.0.0:->81/tcp"]
+    assert {(str(k.host_ip), k.port) for k in world.driver.ports.held()} == {("::", 8080)}
+    assert [(str(p.container_ip), p.port, p.routed) for p in world.firewall.applied.ports] == [
+        ("fd31:55::2", 80, False), ("10.231.55.2", 80, True), ("10.231.55.2", 81, True)]
+    world.driver.revoke_external(protocol.EndpointRef(req.network_id, ep.endpoint_id))
+    assert world.driver.ports.held() == set()
+
+
+def test_an_isolated_family_leaves_the_bridge_without_an_address(world: World) -> None:
+    """gateway mode isolated (internal only): dockerd is told not to reserve the gateway,
+    and the bridge gets no address of that family (IPv6: IPv6 off on it)."""
+    body = network_body(hex_id(), "10.231.56.0/24", pool_v6="fd31:56::/64", internal=True,
+                        generic={"com.docker.network.bridge.gateway_mode_ipv6": "isolated"})
+    check = protocol.GwAllocCheck.parse({"Options": body["Options"]})
+    assert gateway_skips(check.options) == (False, True)
+    req = create("10.231.56.0/24", pool_v6="fd31:56::/64", internal=True,
+                 gateway_mode_ipv6="isolated")
+    world.driver.create_network(req)
+    record = world.driver.store.network(req.network_id)
+    assert record is not None
+    assert world.netlink.addresses[record.bridge] == {"10.231.56.1/24"}
+    assert world.sysctl.values[f"net/ipv6/conf/{record.bridge}/disable_ipv6"] == "1"
+
+
+def test_isolated_needs_an_internal_network(world: World) -> None:
+    with pytest.raises(InvalidRequest, match="gateway mode 'isolated' .*gateway_mode_ipv4.* can "
+                                             "only be used for an internal network"):
+        world.driver.create_network(create("10.231.57.0/24", gateway_mode_ipv4="isolated"))
+    assert world.bridges() == [] and world.driver.store.networks() == []

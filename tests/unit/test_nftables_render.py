@@ -76,6 +76,7 @@ def listed() -> list[dict]:
             {"set": {"name": "masquerading" + s, "type": a, "elem": [{"prefix": prefix}]}},
             {"set": {"name": "ports" + s, "type": ["ifname", a, "inet_proto", "inet_service"],
                      "elem": [{"concat": ["pn-a", ip, "tcp", 80]}]}},
+            {"set": {"name": "routed" + s, "type": ["ifname", a, "inet_proto", "inet_service"]}},
             {"set": {"name": "hairpin" + s, "type": [a, a, "inet_proto", "inet_service"],
                      "elem": [{"concat": [ip, ip, "tcp", 80]}]}},
             {"map": {"name": "port_host" + s, "type": [a, "inet_proto", "inet_service"],
@@ -104,3 +105,26 @@ def test_differences_name_what_is_missing_or_extra() -> None:
         "map port_any6 has other elements"
     assert "set subnets6 has other elements" in (
         differences(listed(), render(Desired([A], [PORT, PORT6]))) or "")
+
+
+def test_gateway_modes_are_per_family() -> None:
+    """routed IPv4, nat-unprotected IPv6 (rules.py's twin test): neither subnet gets the
+    direct-routing drop, IPv4 is not masqueraded, its published port is a @routed element
+    (no DNAT, no hairpin), and in-<BR> opens ICMP and those ports of IPv4, all of IPv6."""
+    net = NetworkSpec("pn-a", ipaddress.IPv4Network("10.9.0.0/24"),
+                      subnet_v6=ipaddress.IPv6Network("fd09::/64"),
+                      modes=("routed", "nat-unprotected"))
+    routed = PortSpec("pn-a", ipaddress.IPv4Address("10.9.0.2"), "tcp", 80, None, 0, routed=True)
+    state = render(Desired([net], [routed, PORT6]))
+    el = state.elements
+    assert el["subnets"] == el["subnets6"] == {}
+    assert el["masquerading"] == {} and el["masquerading6"] == {"fd09::/64": None}
+    assert el["routed"] == {'"pn-a" . 10.9.0.2 . tcp . 80': None}
+    assert el["ports"] == el["hairpin"] == el["port_any"] == {}
+    assert el["port_any6"] == {"tcp . 8080": "fd09::2 . 80"}
+    assert state.chains["in-pn-a"][-5:] == (
+        'iifname != "pn-a" meta l4proto icmp accept',
+        'iifname != "pn-a" oifname . ip daddr . meta l4proto . th dport @routed accept',
+        'iifname != "pn-a" meta nfproto ipv6 accept',
+        'iifname "pn-a" accept',
+        "drop")

@@ -588,3 +588,48 @@ def test_ipv6_rules_are_the_twins_of_the_ipv4_ones() -> None:
     assert ipv4.chains["nat"]["PT-DNAT"] == [
         "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.231.130.2:80"]
     assert "-i pn-d -j ACCEPT" in ipv4.chains["filter"]["PT-EGRESS"]
+
+
+def test_gateway_modes_are_per_family() -> None:
+    """routed IPv4, nat-unprotected IPv6 on one network, -p 8080:80 on both families: IPv4
+    has no NAT (no masquerade, no DNAT, no hairpin; the container's port and ICMP are open to
+    direct routing, the rest dropped), IPv6 keeps its NAT and lets everything in; neither has
+    the direct-routing drop. A nat network beside it is unchanged."""
+    net = NetworkSpec("pn-a", NET, subnet_v6=NET6, modes=("routed", "nat-unprotected"))
+    nat = NetworkSpec("pn-b", ipaddress.IPv4Network("10.231.131.0/24"))
+    ports = [PortSpec("pn-a", CIP, "tcp", 80, None, 0, routed=True),
+             PortSpec("pn-a", CIP6, "tcp", 80, None, 8080)]
+    v4 = render(C, [net, nat], ports, docker_stages=False)
+    assert v4.chains["filter"]["PT-FORWARD"] == [
+        *FORWARD_HEAD,
+        "-o pn-a -j PT-PORTS", "! -i pn-a -o pn-a -p icmp -j ACCEPT",
+        "-i pn-a -o pn-a -j ACCEPT", "-o pn-a -j DROP",
+        "-o pn-b -j PT-PORTS", "-i pn-b -o pn-b -j ACCEPT", "-o pn-b -j DROP"]
+    assert v4.chains["filter"]["PT-PORTS"] == [
+        "-d 10.231.130.2/32 ! -i pn-a -o pn-a -p tcp -m tcp --dport 80 -j ACCEPT"]
+    assert v4.chains["raw"]["PT-RAW"] == [
+        *RAW_HEAD, "-d 10.231.131.0/24 ! -i pn-b -m addrtype ! --dst-type LOCAL -j DROP"]
+    assert v4.chains["nat"] == {"PT-DNAT": [], "PT-POSTROUTING": [
+        "-s 10.231.131.0/24 ! -o pn-b -j MASQUERADE", "-s 127.0.0.0/8 -o pn-b -j MASQUERADE"]}
+    assert v4.chains["filter"]["PT-EGRESS"] == ["-i pn-a -j ACCEPT", "-i pn-b -j ACCEPT"]
+    v6 = render(C, [net, nat], ports, docker_stages=False, family=6)
+    assert v6.chains["filter"]["PT-FORWARD"] == [
+        *FORWARD_HEAD,
+        "-o pn-a -j PT-PORTS", "! -i pn-a -o pn-a -j ACCEPT",
+        "-i pn-a -o pn-a -j ACCEPT", "-o pn-a -j DROP"]
+    assert v6.chains["raw"]["PT-RAW"] == ["-s ::1/128 -i pn-+ -j DROP",
+                                          "-d ::1/128 -i pn-+ -j DROP", "-i pn-+ -j RETURN"]
+    assert v6.chains["nat"]["PT-DNAT"] == [
+        "! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT "
+        "--to-destination [fd7e:231:0:82::2]:80"]
+    assert v6.chains["nat"]["PT-POSTROUTING"][0] == "-s fd7e:231:0:82::/64 ! -o pn-a -j MASQUERADE"
+
+
+def test_routed_ipv6_has_no_nat_and_opens_icmpv6() -> None:
+    net = NetworkSpec("pn-a", NET, subnet_v6=NET6, masquerade=True, modes=("nat", "routed"))
+    v6 = render(C, [net], [PortSpec("pn-a", CIP6, "udp", 53, None, 0, routed=True)],
+                docker_stages=False, family=6)
+    assert "! -i pn-a -o pn-a -p ipv6-icmp -j ACCEPT" in v6.chains["filter"]["PT-FORWARD"]
+    assert v6.chains["filter"]["PT-PORTS"] == [
+        "-d fd7e:231:0:82::2/128 ! -i pn-a -o pn-a -p udp -m udp --dport 53 -j ACCEPT"]
+    assert v6.chains["nat"] == {"PT-DNAT": [], "PT-POSTROUTING": []}

@@ -34,6 +34,7 @@ from lab import (  # noqa: E402
     docker,
     ensure_image,
     free_port,
+    instance_links,
     purge_instance,
     run,
     wait_for,
@@ -291,6 +292,13 @@ def clean_up(lab: Lab, inst: Instance, keep_log: bool, log: Callable[[str], None
             break
         except Exception as exc:
             log(f"clean-up of containers and networks failed, trying again: {exc}")
+    # pynet answers a network rm at once and deletes the bridge after; after the growth
+    # rows hundreds are pending, more than a clean stop's grace period finishes.
+    try:
+        wait_for("pynet to delete the bridges of the removed networks",
+                 lambda: not instance_links(inst.name), timeout=120, interval=0.5)
+    except AssertionError as exc:
+        log(str(exc))
     log_text = Path(inst.log_path).read_text(errors="replace") \
         if os.path.exists(inst.log_path) else ""
     leftovers = purge_instance(inst)

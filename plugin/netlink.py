@@ -45,6 +45,11 @@ IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 4, 10, 18, 
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_F_NODAD = 0x02  # ifaddrmsg flag: skip duplicate address detection
+# A bridge port's hairpin mode, as the port attribute of a link request (what `ip link set
+# DEV type bridge_slave hairpin on` sends), so it can ride along with other link settings.
+HAIRPIN: dict[str, object] = {"IFLA_LINKINFO": {"attrs": [
+    ["IFLA_INFO_SLAVE_KIND", "bridge"],
+    ["IFLA_INFO_SLAVE_DATA", {"attrs": [["IFLA_BRPORT_MODE", 1]]}]]}}
 _NLA_TYPE_MASK = 0x3FFF  # without the nested / byte-order flag bits
 # Where the attributes start in a message: after nlmsghdr (16 bytes) and ifinfomsg / ifaddrmsg.
 _LINK_ATTRS_AT, _ADDRESS_ATTRS_AT = 16 + 16, 16 + 8
@@ -307,25 +312,27 @@ class Netlink:
         created = self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
                              kind="veth", peer=peer_spec, txqlen=0, master=bridge_index,
                              state="up", tolerate=(errno.EEXIST,), **extra) is not None
-        settings: dict[str, object] = {"ifalias": alias}
-        if not created:
-            existing = self._require(host)
-            if existing.kind != "veth":
-                raise Conflict(f"interface {host} exists and is a {existing.kind or 'device'}, "
-                               "not a veth; remove it")
-            settings = {}
-            if existing.alias != alias:
-                settings["ifalias"] = alias
-            if existing.master != bridge_index:
-                settings["master"] = bridge_index
-            if mtu and existing.mtu != mtu:
-                settings["mtu"] = mtu
-            if not existing.up:
-                settings["state"] = "up"
+        if created:  # the alias and the bridge port's hairpin mode in one more request
+            self._call(f"configuring veth {host}", "link", "set", ifname=host, ifalias=alias,
+                       **(HAIRPIN if hairpin else {}))
+            return
+        existing = self._require(host)
+        if existing.kind != "veth":
+            raise Conflict(f"interface {host} exists and is a {existing.kind or 'device'}, "
+                           "not a veth; remove it")
+        settings: dict[str, object] = {}
+        if existing.alias != alias:
+            settings["ifalias"] = alias
+        if existing.master != bridge_index:
+            settings["master"] = bridge_index
+        if mtu and existing.mtu != mtu:
+            settings["mtu"] = mtu
+        if not existing.up:
+            settings["state"] = "up"
         if settings:
             self._call(f"configuring veth {host}", "link", "set", ifname=host, **settings)
-        if hairpin:
-            self._call(f"setting hairpin on {host}", "brport", "set", ifname=host, mode=1)
+        if hairpin:  # a request of its own: the kernel reads it as a port of the old master
+            self._call(f"setting hairpin on {host}", "link", "set", ifname=host, **HAIRPIN)
 
     def _index(self, name: str) -> int | None:
         """The index of link ``name``, or None."""

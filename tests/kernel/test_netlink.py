@@ -96,11 +96,12 @@ def test_veth_pair_with_mtu_mac_master_and_hairpin(nl: Netlink, ns: str) -> None
 
 def test_ensure_veth_repairs_a_detached_port(nl: Netlink, ns: str) -> None:
     nl.ensure_bridge("pnbr0", alias="pynet:k:1")
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=True)
     subprocess.run(["ip", "-n", ns, "link", "set", "pnh0", "nomaster", "down"], check=True)
-    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=True)
     host = ip_link(ns, "pnh0")
     assert host["master"] == "pnbr0" and "UP" in host["flags"]
+    assert host["linkinfo"]["info_slave_data"]["hairpin"] is True  # a new port of the bridge
 
 
 def test_delete_takes_the_peer_and_tolerates_absence(nl: Netlink, ns: str) -> None:

@@ -29,7 +29,7 @@ from plugin.firewall.backend import Firewall
 from plugin.firewall.rules import Desired, desired_from_records
 from plugin.netconfig import NetworkConfig
 from plugin.netlink import Netlink, mac_from_ipv4, random_local_mac
-from plugin.options import NetworkOptions
+from plugin.options import ISOLATED, ROUTED, NetworkOptions
 from plugin.ports import ANY, ANY_V6, Address, PortReservations
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 from plugin.sysctl import Sysctl
@@ -53,8 +53,8 @@ def gateway_skips(options: NetworkOptions) -> tuple[bool, bool]:
     """Whether dockerd should leave the IPv4 and IPv6 gateway address unallocated: as the
     bridge driver, for a family in gateway mode ``isolated`` and for an internal network
     whose bridge gets no IPv4 address (inhibit_ipv4); the containers may use it then."""
-    return (options.gateway_mode_ipv4 == "isolated" or options.internal and options.inhibit_ipv4,
-            options.gateway_mode_ipv6 == "isolated")
+    return (options.gateway_mode_ipv4 == ISOLATED or options.internal and options.inhibit_ipv4,
+            options.gateway_mode_ipv6 == ISOLATED)
 
 
 class Epoch:
@@ -304,8 +304,9 @@ class Driver:
         br, config = record.bridge, record.config
         self.netlink.ensure_bridge(br, alias=None if record.preexisting else self.alias(record.id))
         # A host booted with ipv6.disable=1 has no net/ipv6 tree: nothing to turn off there.
-        if not record.preexisting and self.sysctl.read("net/ipv6/conf/all/forwarding"):
-            self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
+        if self.sysctl.read("net/ipv6/conf/all/forwarding"):
+            if not record.preexisting:
+                self.sysctl.ensure(f"net/ipv6/conf/{br}/accept_ra", "0")
             self._ipv6_off(record)
         for address in config.bridge_addresses():
             if address.version == 6:
@@ -320,17 +321,17 @@ class Driver:
 
     def _ipv6_off(self, record: NetworkRecord) -> None:
         """IPv6 off on the bridge pynet made for a network without IPv6: the host then neither
-        takes nor routes IPv6 there, and such networks get no IPv6 rules (rules.py). Also for
-        IPv6 in gateway mode ``isolated``: the host has no address there, not even a
-        link-local one (as the bridge driver)."""
+        takes nor routes IPv6 there, and such networks get no IPv6 rules (rules.py). And on
+        any bridge, a user's too, of a network whose IPv6 is in gateway mode ``isolated``:
+        the host has no address there, not even a link-local one (as the bridge driver)."""
         config = record.config
-        if (config.subnet_v6 is None or config.gateway_mode_ipv6 == "isolated") \
-                and not record.preexisting:
+        if config.gateway_mode_ipv6 == ISOLATED \
+                or config.subnet_v6 is None and not record.preexisting:
             self.sysctl.ensure(f"net/ipv6/conf/{record.bridge}/disable_ipv6", "1")
 
     def ipv6_off_everywhere(self) -> None:
-        """At start: IPv6 off on the bridges of networks without it, including those an
-        earlier release built (it left IPv6 on, and wrote IPv6 rules for them instead)."""
+        """At start: IPv6 off where ``_ipv6_off`` says, including the bridges an earlier
+        release built (it left IPv6 on, and wrote IPv6 rules for them instead)."""
         if self.sysctl.read("net/ipv6/conf/all/forwarding") is None:
             return  # no IPv6 on this host
         for record in self.store.networks():
@@ -554,7 +555,7 @@ class Driver:
         p = binding
         nat, routed = [], []
         for host_ip in self._binding_hosts(p, config, record):
-            if config.gateway_mode(host_ip.version) == "routed":
+            if config.gateway_mode(host_ip.version) == ROUTED:
                 routed.append(PortRecord(p.proto, p.port, str(ANY if host_ip.version == 4
                                                                  else ANY_V6), 0))
             else:

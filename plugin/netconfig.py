@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugin import protocol
+from plugin.options import ISOLATED, NAT
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: gateway modes (a version-1 record means nat for both families)
 DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"  # --aux-address DefaultGatewayIPv4=...
 
 
@@ -35,8 +36,8 @@ class NetworkConfig:
     iface_prefix: str = "eth"
     host_binding_ipv4: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")
     trusted_host_interfaces: tuple[str, ...] = ()
-    gateway_mode_ipv4: str = "nat"  # options.GATEWAY_MODES; records before them mean nat
-    gateway_mode_ipv6: str = "nat"
+    gateway_mode_ipv4: str = NAT  # options.GATEWAY_MODES; nat for a family it does not have
+    gateway_mode_ipv6: str = NAT
 
     def gateway_mode(self, family: int) -> str:
         """The gateway mode of IP version ``family``."""
@@ -45,8 +46,8 @@ class NetworkConfig:
     def bridge_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         """The addresses the bridge carries: the gateways, but none of a family in gateway
         mode ``isolated`` (the host has no address there) nor IPv4 with inhibit_ipv4."""
-        v4 = None if self.inhibit_ipv4 or self.gateway_mode_ipv4 == "isolated" else self.gateway
-        v6 = None if self.gateway_mode_ipv6 == "isolated" else self.gateway_v6
+        v4 = None if self.inhibit_ipv4 or self.gateway_mode_ipv4 == ISOLATED else self.gateway
+        v6 = None if self.gateway_mode_ipv6 == ISOLATED else self.gateway_v6
         return [a for a in (v4, v6) if a is not None]
 
     @classmethod
@@ -67,7 +68,10 @@ class NetworkConfig:
             mtu=opts.mtu, iface_prefix=opts.iface_prefix,
             host_binding_ipv4=opts.host_binding_ipv4,
             trusted_host_interfaces=opts.trusted_host_interfaces,
-            gateway_mode_ipv4=opts.gateway_mode_ipv4, gateway_mode_ipv6=opts.gateway_mode_ipv6)
+            # A mode of a family the network does not have changes nothing (as the bridge
+            # driver): its rules would otherwise open the bridge to that family.
+            gateway_mode_ipv4=opts.gateway_mode_ipv4 if v4 else NAT,
+            gateway_mode_ipv6=opts.gateway_mode_ipv6 if v6 else NAT)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form: addresses as text, ``version`` first."""
@@ -90,8 +94,8 @@ class NetworkConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "NetworkConfig":
         """The stored form back; refuses a version this release does not know."""
-        if data.get("version") != CONFIG_VERSION:
-            raise ValueError(f"network config version {data.get('version')!r} is not "
+        if data.get("version") not in (1, CONFIG_VERSION):
+            raise ValueError(f"network config version {data.get('version')!r} is not 1 or "
                              f"{CONFIG_VERSION}; was the database written by a newer pynet?")
 
         def opt(kind: Any, key: str) -> Any:
@@ -109,5 +113,5 @@ class NetworkConfig:
             iface_prefix=data["iface_prefix"],
             host_binding_ipv4=ipaddress.IPv4Address(data["host_binding_ipv4"]),
             trusted_host_interfaces=tuple(data["trusted_host_interfaces"]),
-            gateway_mode_ipv4=data.get("gateway_mode_ipv4", "nat"),
-            gateway_mode_ipv6=data.get("gateway_mode_ipv6", "nat"))
+            gateway_mode_ipv4=data.get("gateway_mode_ipv4", NAT),
+            gateway_mode_ipv6=data.get("gateway_mode_ipv6", NAT))

@@ -27,7 +27,10 @@ TRUSTED_HOST_INTERFACES = "com.docker.network.bridge.trusted_host_interfaces"
 GATEWAY_MODE_IPV4 = "com.docker.network.bridge.gateway_mode_ipv4"
 GATEWAY_MODE_IPV6 = "com.docker.network.bridge.gateway_mode_ipv6"
 ENABLE_IPV4 = "com.docker.network.enable_ipv4"  # a top-level option (--ipv4), not under -o
-GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")  # Docker 27+
+# Gateway modes, per IP version (Docker 27+; README "Gateway modes"): NAT with the direct-routing
+# protection (the default), NAT without it, no NAT (routed), no gateway (internal networks).
+NAT, NAT_UNPROTECTED, ROUTED, ISOLATED = "nat", "nat-unprotected", "routed", "isolated"
+GATEWAY_MODES = (NAT, NAT_UNPROTECTED, ROUTED, ISOLATED)
 GATEWAY_MODE_FIELDS = ((GATEWAY_MODE_IPV4, "gateway_mode_ipv4"),
                        (GATEWAY_MODE_IPV6, "gateway_mode_ipv6"))
 
@@ -121,8 +124,8 @@ class NetworkOptions:
     internal: bool = False
     enable_ipv6: bool = False
     trusted_host_interfaces: tuple[str, ...] = ()
-    gateway_mode_ipv4: str = "nat"
-    gateway_mode_ipv6: str = "nat"
+    gateway_mode_ipv4: str = NAT
+    gateway_mode_ipv6: str = NAT
 
 
 def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
@@ -164,7 +167,7 @@ def parse_network_options(options: dict[str, Any]) -> NetworkOptions:
     fields["internal"] = options.get("com.docker.network.internal", False)
     fields["enable_ipv6"] = options.get("com.docker.network.enable_ipv6", False)
     for key, attr in GATEWAY_MODE_FIELDS:
-        if fields.get(attr) == "isolated" and not fields["internal"]:  # as the bridge driver
+        if fields.get(attr) == ISOLATED and not fields["internal"]:  # as the bridge driver
             raise InvalidRequest(f"gateway mode 'isolated' ({key}) can only be used for an "
                                  "internal network: add --internal, or choose nat, "
                                  "nat-unprotected or routed")

@@ -12,7 +12,8 @@ one transaction; nothing is read back.
   to the containers directly).
 * ``forward`` (filter priority): ``oifname vmap @inbound`` jumps to ``in-<BR>``: replies,
   DNATed connections to a published port (set ``@ports``), trusted interfaces to a published
-  port, the bridge's own traffic if icc; everything else is dropped. Before it, ``iifname vmap
+  port, what the gateway mode opens (below), the bridge's own traffic if icc; everything else
+  is dropped. Before it, ``iifname vmap
   @outbound`` jumps to ``out-<BR>`` of an internal network, which drops what leaves it (its
   containers' packets to a host address would otherwise be DNATed to a published port).
 * nat: ``nat-prerouting`` (not from 127.0.0.0/8) and ``nat-output`` send packets for host
@@ -45,7 +46,15 @@ from typing import Any
 
 from plugin.errors import KernelError
 from plugin.firewall.libnft import Nft, generation, tables
-from plugin.firewall.rules import LINK_LOCAL_V6, LOOPBACK, LOOPBACK_V6, Desired, NetworkSpec
+from plugin.firewall.rules import (
+    ICMP,
+    LINK_LOCAL_V6,
+    LOOPBACK,
+    LOOPBACK_V6,
+    Desired,
+    NetworkSpec,
+)
+from plugin.options import NAT, NAT_UNPROTECTED, ROUTED
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ _ADDRESS_SETS: dict[str, str] = {
     "port_any": "type inet_proto . inet_service : {a} . inet_service;",
 }
 _SUFFIX = {4: "", 6: "6"}
+_IP = {4: "ip", 6: "ip6"}  # each family's match keyword
 SETS: dict[str, str] = {
     "bridges": "type ifname;",  # bridges of networks that are not internal
     "inbound": "type ifname : verdict;",
@@ -76,12 +86,11 @@ SETS: dict[str, str] = {
 def _twins(*rules: str) -> tuple[str, ...]:
     """Each rule for IPv4 and for IPv6: "{ip}" is the family's match keyword, "{s}" the
     suffix of its set names."""
-    return tuple(rule.format(ip=ip, s=_SUFFIX[v]) for v, ip in ((4, "ip"), (6, "ip6"))
-                 for rule in rules)
+    return tuple(rule.format(ip=ip, s=_SUFFIX[v]) for v, ip in _IP.items() for rule in rules)
 
 
 _PORT = _twins("oifname . {ip} daddr . meta l4proto . th dport @ports{s}")
-_FAMILIES = {4: ("ipv4", "icmp"), 6: ("ipv6", "ipv6-icmp")}  # nfproto and ICMP names
+_NFPROTO = {4: "ipv4", 6: "ipv6"}
 
 
 def _opened(br: str, net: NetworkSpec) -> tuple[str, ...]:
@@ -89,15 +98,16 @@ def _opened(br: str, net: NetworkSpec) -> tuple[str, ...]:
     published ports (``rules.opened``): everything of a ``nat-unprotected`` family, ICMP
     and the published ports (``@routed``) of a ``routed`` one."""
     rules: list[str] = []
-    for v, (nfproto, icmp) in _FAMILIES.items():
-        mode, ip = net.mode(v), "ip" if v == 4 else "ip6"
-        if mode == "nat-unprotected":
-            rules.append(f"iifname != {br} meta nfproto {nfproto} accept")
-        elif mode == "routed":
-            rules += [f"iifname != {br} meta l4proto {icmp} accept",
+    for v, ip in _IP.items():
+        family = f"iifname != {br} meta nfproto {_NFPROTO[v]}"
+        if net.mode(v) == NAT_UNPROTECTED:
+            rules.append(f"{family} accept")
+        elif net.mode(v) == ROUTED:
+            rules += [f"{family} meta l4proto {ICMP[v]} accept",
                       f"iifname != {br} oifname . {ip} daddr . meta l4proto . th dport "
                       f"@routed{_SUFFIX[v]} accept"]
     return tuple(rules)
+
 # Chains every table has: name -> (hook specification or None, rules).
 BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "raw": ("type filter hook prerouting priority raw; policy accept;", (
@@ -161,7 +171,7 @@ def render(desired: Desired) -> NftState:
             if subnet is None:
                 continue
             el["own" + s][f"{subnet} . {quoted}"] = None
-            if net.mode(v) == "nat":  # the other modes are for direct routing
+            if net.mode(v) == NAT:  # the other modes are for direct routing
                 el["subnets" + s][str(subnet)] = None
                 el["trusted" + s].update({f'{subnet} . "{name}"': None for name in net.trusted})
             if net.masquerades(v):

@@ -16,9 +16,9 @@ The layout, per network (``BR`` its bridge):
   (``route_localnet=1`` on the bridge would otherwise let containers reach host services bound
   to loopback).
 * filter ``<P>-FORWARD``, hooked right below ``DOCKER-USER`` and above all of dockerd's
-  FORWARD rules: what enters ``BR`` (replies, published ports, same-network traffic if icc)
-  is accepted and everything else entering ``BR`` dropped; internal networks drop whatever
-  leaves them too.
+  FORWARD rules: what enters ``BR`` (replies, published ports, same-network traffic if icc,
+  and what the gateway mode opens, below) is accepted and everything else entering ``BR``
+  dropped; internal networks drop whatever leaves them too.
 * The data plane does not pay per network where pynet names the bridges (``pn-<id>``, unless
   ``com.docker.network.bridge.name`` says otherwise): both chains start with rules that match
   every such bridge by its name prefix (``-i pn-+``). In ``<P>-FORWARD`` replies and the rest
@@ -27,8 +27,9 @@ The layout, per network (``BR`` its bridge):
   for all of them, and the rest of what they send returns at once: the subnet drops below are
   for packets from the host's other interfaces; a packet from one pynet bridge to another
   network enters that network's bridge only as ``<P>-FORWARD`` allows (a reply, a DNATed
-  published port). Each network's own rules follow, oldest first, so a new network's are
-  appended (iptables-nft inserts anywhere but at the ends only after reading the whole chain).
+  published port, what its gateway mode opens). Each network's own rules follow, oldest
+  first, so a new network's are appended (iptables-nft inserts anywhere but at the ends only
+  after reading the whole chain).
 * filter ``<P>-EGRESS``, hooked right below dockerd's FORWARD jumps: what leaves ``BR`` for
   elsewhere is accepted there, after dockerd had its say, so Docker's own networks stay closed
   to pynet's containers as they are to each other (Docker 28+ drops what enters its bridges
@@ -65,6 +66,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from plugin.options import NAT, NAT_UNPROTECTED, ROUTED
 from plugin.store import DELETING, EndpointRecord, NetworkRecord
 
 # Docker's chains that pynet's placement and rules refer to.
@@ -159,7 +161,7 @@ class NetworkSpec:
     masquerade: bool = True
     trusted: tuple[str, ...] = ()  # host interfaces that may route to the containers
     subnet_v6: ipaddress.IPv6Network | None = None
-    modes: tuple[str, str] = ("nat", "nat")  # gateway modes of IPv4, IPv6 (module docstring)
+    modes: tuple[str, str] = (NAT, NAT)  # gateway modes of IPv4, IPv6 (module docstring)
 
     def subnet_of(self, family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         """The network's subnet of IP version ``family`` (None: it has none)."""
@@ -171,7 +173,7 @@ class NetworkSpec:
 
     def masquerades(self, family: int) -> bool:
         """Whether what leaves the network for elsewhere over ``family`` is masqueraded."""
-        return self.masquerade and not self.internal and self.mode(family) != "routed"
+        return self.masquerade and not self.internal and self.mode(family) != ROUTED
 
 
 @dataclass(frozen=True)
@@ -314,9 +316,9 @@ def opened(net: NetworkSpec, family: int) -> list[str]:
     ports: everything in ``nat-unprotected``, ICMP in ``routed`` (its published ports are
     ``port_rules``'), nothing in ``nat``."""
     br, mode = net.bridge, net.mode(family)
-    if mode == "nat-unprotected":
+    if mode == NAT_UNPROTECTED:
         return [f"! -i {br} -o {br} -j ACCEPT"]
-    if mode == "routed":
+    if mode == ROUTED:
         return [f"! -i {br} -o {br} -p {ICMP[family]} -j ACCEPT"]
     return []
 
@@ -356,7 +358,7 @@ def network_raw_rules(net: NetworkSpec, family: int = 4) -> list[str]:
     # kernel would otherwise take both.
     localnet = [] if net.internal or _prefixed(br) else [f"-s {lo} -i {br} -j DROP",
                                                          f"-d {lo} -i {br} -j DROP"]
-    if subnet is None or net.mode(family) != "nat":  # the other modes are for direct routing
+    if subnet is None or net.mode(family) != NAT:  # the other modes are for direct routing
         return localnet
     trusted = [f"-d {subnet} -i {name} -j RETURN" for name in net.trusted]
     return [*localnet, *trusted,
@@ -376,7 +378,8 @@ def port_rules(p: PortSpec) -> tuple[list[str], list[str], list[str]]:
 
     The accept needs the connection to be DNATed: a packet routed to the container address
     directly is no use of the published port (Docker 28+ drops those too, in its raw table),
-    unless it comes in on one of the network's trusted host interfaces.
+    unless it comes in on one of the network's trusted host interfaces. In gateway mode
+    ``routed`` there is no NAT: the accept is for the container's own address and port.
     """
     match = _proto(p.proto, p.port)
     dnatted = "-m conntrack --ctstate DNAT -j ACCEPT"
@@ -432,7 +435,7 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
         br, subnet = net.bridge, net.subnet_of(family)
         if net.masquerades(family) and subnet is not None:
             post.append(f"-s {subnet} ! -o {br} -j MASQUERADE")
-        if family == 4 and net.mode(4) != "routed":
+        if family == 4 and net.mode(4) != ROUTED:
             # Host 127.0.0.1 -> published port leaves on the bridge with a source the
             # container cannot answer (routed: nothing is DNATed). Only loopback: a
             # connection from another host address keeps its source, as with Docker (its

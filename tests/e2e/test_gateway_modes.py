@@ -11,7 +11,8 @@ alone is checked against what Docker 28+ does.
 
 import pytest
 
-from lab import Instance, addresses
+from lab import Instance, addresses, docker, engine
+from tests.conftest import Resources
 from tests.e2e.differential import Cell, Lab, World
 from tests.e2e.test_ipv6 import differential6, v6
 
@@ -106,3 +107,17 @@ def isolated(w: World) -> None:
 
 def test_isolated(lab: Lab, pynet: Instance) -> None:
     differential6("gw-isolated", lab, pynet, isolated)
+
+
+def test_isolated_needs_an_internal_network(pynet: Instance, res: Resources) -> None:
+    """Refused before anything is built, by both drivers (Docker's since 28; 20.10's ignores
+    the option, pynet refuses it on every engine)."""
+    drivers = ("bridge", pynet.name) if engine() >= 28 else (pynet.name,)
+    for driver in drivers:
+        name = f"pt-{res.tag}-iso-{driver[:6]}"
+        res.networks.append(name)  # removed at the end, should the create succeed
+        done = docker("network", "create", "-d", driver, "--subnet", str(res.subnets.take()),
+                      "-o", f"{MODE}4=isolated", name, check=False)
+        assert done.returncode != 0, f"-d {driver} accepted isolated without --internal"
+        assert "can only be used for an internal network" in done.stderr, done.stderr
+        assert docker("network", "ls", "-q", "--filter", f"name=^{name}$").stdout == ""

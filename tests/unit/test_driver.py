@@ -485,3 +485,31 @@ def test_isolated_needs_an_internal_network(world: World) -> None:
                                              "only be used for an internal network"):
         world.driver.create_network(create("10.231.57.0/24", gateway_mode_ipv4="isolated"))
     assert world.bridges() == [] and world.driver.store.networks() == []
+
+
+def test_a_mode_of_a_family_the_network_lacks_changes_nothing(world: World) -> None:
+    """As with the bridge driver: nat-unprotected IPv6 on an IPv4-only network must not open
+    its bridge to IPv6 (a user's bridge keeps IPv6 on)."""
+    req = create("10.231.58.0/24", gateway_mode_ipv6="nat-unprotected")
+    world.driver.create_network(req)
+    (spec,) = world.firewall.applied.networks
+    assert spec.modes == ("nat", "nat")
+
+
+def test_routed_ports_take_no_reservation_at_start(world: World) -> None:
+    req = create("10.231.59.0/24", gateway_mode_ipv4="routed")
+    world.driver.create_network(req)
+    ep = endpoint(req.network_id, "10.231.59.2/24")
+    world.driver.create_endpoint(ep)
+    publish(world, ep, ("", 8080))
+    world.driver.hold_ports()  # what a restart does with the records
+    assert world.driver.ports.held() == set()
+    assert gateway_skips(req.options) == (False, False)
+
+
+def test_isolated_ipv4_skips_the_ipv4_gateway(world: World) -> None:
+    req = create("10.231.60.0/24", internal=True, gateway_mode_ipv4="isolated")
+    assert gateway_skips(req.options) == (True, False)
+    world.driver.create_network(req)
+    record = world.driver.store.network(req.network_id)
+    assert record is not None and world.netlink.addresses.get(record.bridge, set()) == set()

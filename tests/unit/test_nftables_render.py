@@ -123,7 +123,7 @@ def test_gateway_modes_are_per_family() -> None:
     assert el["ports"] == el["hairpin"] == el["port_any"] == {}
     assert el["port_any6"] == {"tcp . 8080": "fd09::2 . 80"}
     assert state.chains["in-pn-a"][-5:] == (
-        'iifname != "pn-a" meta l4proto icmp accept',
+        'iifname != "pn-a" meta nfproto ipv4 meta l4proto icmp accept',
         'iifname != "pn-a" oifname . ip daddr . meta l4proto . th dport @routed accept',
         'iifname != "pn-a" meta nfproto ipv6 accept',
         'iifname "pn-a" accept',

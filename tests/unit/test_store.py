@@ -10,7 +10,7 @@ import pytest
 
 from plugin.errors import PynetError
 from plugin.netconfig import NetworkConfig
-from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, Store
+from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, PortRecord, Store
 
 CONFIG = NetworkConfig(subnet=ipaddress.IPv4Network("10.231.1.0/24"),
                        gateway=ipaddress.IPv4Interface("10.231.1.1/24"),
@@ -190,5 +190,32 @@ def test_a_config_survives_its_stored_form() -> None:
         address_space="other", subnet_v6=ipaddress.IPv6Network("fd00:1::/64"),
         gateway_v6=ipaddress.IPv6Interface("fd00:1::1/64"), internal=True,
         enable_ip_masquerade=False, inhibit_ipv4=True, iface_prefix="en",
-        host_binding_ipv4=ipaddress.IPv4Address("127.0.0.1"), trusted_host_interfaces=("eth1",))
+        host_binding_ipv4=ipaddress.IPv4Address("127.0.0.1"), trusted_host_interfaces=("eth1",),
+        gateway_mode_ipv4="isolated", gateway_mode_ipv6="routed")
     assert NetworkConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_a_config_of_the_release_before_gateway_modes_means_nat() -> None:
+    stored = NetworkConfig(subnet=ipaddress.IPv4Network("10.231.9.0/24"), gateway=None,
+                           default_gateway=None, address_space="LocalDefault").to_json()
+    del stored["gateway_mode_ipv4"], stored["gateway_mode_ipv6"]
+    stored["version"] = 1
+    config = NetworkConfig.from_json(stored)
+    assert (config.gateway_mode_ipv4, config.gateway_mode_ipv6) == ("nat", "nat")
+    with pytest.raises(ValueError, match="version 3 is not 1 or 2"):
+        NetworkConfig.from_json({**stored, "version": 3})
+
+
+def test_a_routed_port_survives_its_stored_form(store: Store) -> None:
+    """Host port 0: no host port held (gateway mode routed)."""
+    config = NetworkConfig(subnet=ipaddress.IPv4Network("10.231.9.0/24"), gateway=None,
+                           default_gateway=None, address_space="LocalDefault",
+                           gateway_mode_ipv4="routed")
+    store.put_network(NetworkRecord(id="n" * 64, bridge="pt-st0", preexisting=False,
+                                    config=config))
+    store.put_endpoint(EndpointRecord(
+        id="e" * 64, network_id="n" * 64, address="10.231.9.2/24", address_v6=None,
+        mac="02:42:0a:e7:09:02", mac_given=False, host_veth="pnh0", peer_veth="pnc0",
+        ports=[PortRecord("tcp", 80, "0.0.0.0", 0)]))
+    (port,) = store.endpoints()[0].ports
+    assert port.routed and str(port) == "0.0.0.0:->80/tcp"

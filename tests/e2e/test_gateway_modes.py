@@ -13,7 +13,8 @@ import pytest
 
 from lab import Instance, addresses, docker, engine
 from tests.conftest import Resources
-from tests.e2e.differential import Cell, Lab, World
+from tests.e2e.differential import Cell, CellDifference, Lab, World
+from tests.e2e.test_differential import CELL_DIFFERENCES
 from tests.e2e.test_ipv6 import differential6, v6
 
 pytestmark = pytest.mark.usefixtures("ipv6_forwarding")
@@ -30,6 +31,23 @@ def both(src: str, dst: str, port: int | str, want: str) -> dict[Cell, str]:
     return {Cell(src, dst, port): want, v6(src, dst, port): want}
 
 
+STAGES = ("Docker 28's bridge driver still isolates its networks from each other in its "
+          "DOCKER-ISOLATION stages, whatever their gateway mode; 29 has no stages and lets "
+          "other networks into a nat-unprotected one. pynet does what 29 does on every engine")
+
+
+def on_28(cells: dict[Cell, str], scenario: str, docker_28: str) -> dict[Cell, str]:
+    """``cells`` as the newest bridge driver gives them; Docker 28's gives ``docker_28``
+    (a listed difference there, pynet gives the newest's)."""
+    if engine() != 28:
+        return cells
+    for cell, want in cells.items():
+        difference = CellDifference(scenario, cell.label, docker_28, want, STAGES)
+        if difference not in CELL_DIFFERENCES:  # each run of the scenario asks
+            CELL_DIFFERENCES.append(difference)
+    return dict.fromkeys(cells, docker_28)
+
+
 def nat_unprotected(w: World) -> None:
     p = w.lab.ports
     w.network("n0", "--ipv6", *modes("nat-unprotected", "nat-unprotected"))
@@ -40,7 +58,8 @@ def nat_unprotected(w: World) -> None:
         **both("outside", "c0@n0", 80, "ok outside"),  # routed to it directly
         **both("outside", "c0@n0", 9000, "ok outside"),  # unpublished, open all the same
         **both("outside", "host", "H1", "ok outside"),
-        **both("c2", "c0@n0", 80, "ok gw:n0"),  # another network (which masquerades)
+        # another network (which masquerades), straight to the container
+        **on_28(both("c2", "c0@n0", 80, "ok gw:n0"), "gw-nat-unprotected", "timeout"),
         **both("c0", "c2@n1", 80, "timeout"),  # n1 is a nat network
         **both("c0", "outside", "outsrv", "ok host"),  # masqueraded
     })

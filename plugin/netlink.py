@@ -335,7 +335,17 @@ class Netlink:
             self._call(f"setting hairpin on {host}", "link", "set", ifname=host, **HAIRPIN)
 
     def _index(self, name: str) -> int | None:
-        """The index of link ``name``, or None."""
+        """The index of link ``name``, or None.
+
+        On the host's namespace this asks the kernel by ioctl (``if_nametoindex``), which reads
+        under RCU: a netlink request waits for the rtnl lock, which every link being deleted
+        holds a while (the reaper's, dockerd's), and then pyroute2 decodes the whole link.
+        A socket opened in another namespace (kernel tests) asks it over netlink."""
+        if self._netns is None:
+            try:
+                return socket.if_nametoindex(name)
+            except OSError:
+                return None
         link = self.get(name)
         return link.index if link else None
 

@@ -8,14 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab.netns import thread_in_netns
 from plugin.errors import Conflict, KernelError
 from plugin.netlink import Netlink, mac_from_ipv4
 
 GW = ipaddress.ip_interface("10.231.250.1/24")
 
 
-@pytest.fixture
-def ns() -> Iterator[str]:
+@pytest.fixture(params=["socket-in-netns", "thread-in-netns"])
+def ns(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A throwaway namespace, and how the ``nl`` fixture reaches it: a socket opened there
+    while the thread stays home, or (as the plugin runs, on the host's namespace) a socket of
+    the thread's own namespace, which reads interface indexes by ioctl rather than netlink."""
+    if request.param == "thread-in-netns":
+        with thread_in_netns() as name:
+            yield name
+        return
     name = f"pnk-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     yield name
@@ -23,8 +31,9 @@ def ns() -> Iterator[str]:
 
 
 @pytest.fixture
-def nl(ns: str) -> Iterator[Netlink]:
-    netlink = Netlink(netns=ns)
+def nl(ns: str, request: pytest.FixtureRequest) -> Iterator[Netlink]:
+    in_thread = request.node.callspec.params["ns"] == "thread-in-netns"
+    netlink = Netlink() if in_thread else Netlink(netns=ns)
     yield netlink
     netlink.close()
 

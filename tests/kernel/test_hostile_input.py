@@ -158,11 +158,16 @@ class World:
                           msg.get_attr("IFLA_MTU"), msg.get_attr("IFLA_MASTER"),
                           msg.get_attr("IFLA_IFALIAS"),
                           info.get_attr("IFLA_INFO_KIND") if info else None))
+        # Not the kernel's own IPv6 link-local addresses and routes: a veth created up on a
+        # bridge can give the bridge carrier for an instant (seen with `ip monitor`), and the
+        # kernel then adds the bridge's fe80:: address a second later, whatever pynet does.
         addrs = sorted((m["index"], m.get_attr("IFA_ADDRESS"), m["prefixlen"])
-                       for m in self.ipr.get_addr())
+                       for m in self.ipr.get_addr()
+                       if not m.get_attr("IFA_ADDRESS").startswith("fe80:"))
         routes = sorted([(m["family"], m.get_attr("RTA_DST"), m["dst_len"],
                           m.get_attr("RTA_OIF"), m.get_attr("RTA_TABLE"))
-                         for m in self.ipr.get_routes(family=0)], key=str)
+                         for m in self.ipr.get_routes(family=0)
+                         if not str(m.get_attr("RTA_DST")).startswith("fe80:")], key=str)
         rules = [line.split(" [")[0] for tool in ("iptables-save", "ip6tables-save")
                  for line in run([tool]).stdout.splitlines() if line[:1] in "*:-"]
         sysctls = self.sysctls([str(item[0]) for item in found])

@@ -174,6 +174,8 @@ class Netlink:
 
     def get(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
+        if self._netns is None and self._index(name) is None:
+            return None  # absent: known without waiting for the rtnl lock (see _index)
         msgs = self._call(f"reading link {name}", "link", "get", ifname=name,
                           tolerate=(errno.ENODEV,))
         return msgs[0].link if msgs else None

@@ -143,9 +143,10 @@ def network_body(network_id: str, pool: str, gateway: str | None = None, *,
 
 def driver_call(client: Any, method: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST ``body`` to an app's test client as dockerd would (no Content-Type); the JSON
-    object it answers."""
-    reply = client.post(f"/NetworkDriver.{method}", data=json.dumps(body))
-    payload = json.loads(reply.data)
+    object it answers. The reply is closed, as the server closes it once sent (which starts
+    the work a call leaves for after its answer: plugin/deferred_rules.py)."""
+    with client.post(f"/NetworkDriver.{method}", data=json.dumps(body)) as reply:
+        payload = json.loads(reply.data)
     assert isinstance(payload, dict), reply.data
     return payload
 

@@ -170,7 +170,9 @@ def create_app(driver: Driver) -> Flask:
             body = _body(method, driver)
             try:
                 with driver.locked():
-                    return _reply(DRIVER_CALLS[method](driver, body))
+                    answer = _reply(DRIVER_CALLS[method](driver, body))
+                answer.call_on_close(driver.rules_due.start)  # once the answer is out
+                return answer
             except Busy:
                 if method not in DEFER_WHEN_BUSY:
                     raise

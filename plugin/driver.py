@@ -22,6 +22,7 @@ from typing import Any
 
 from plugin import protocol
 from plugin.config import Settings
+from plugin.deferred_rules import DeferredRules
 from plugin.deletes import Deletes
 from plugin.errors import Busy, InvalidRequest, KernelError, NotFound
 from plugin.faults import checkpoint
@@ -100,8 +101,9 @@ class Driver:
         self.ready = threading.Event()
         self._lock = threading.RLock()
         self._deleter = netlink.sibling()
-        # Kernel work a call can overlap with its own (CreateNetwork's iptables-restore).
+        # Kernel work that runs beside the calls: new networks' rules (deferred_rules.py).
         self._side = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
+        self.rules_due = DeferredRules(lambda: self.sync_firewall(keep=True), self._side)
         self.deletes = Deletes(self)
         self._epoch = Epoch()
         self._confirmed: set[str] = set()  # networks dockerd named since this server started
@@ -160,7 +162,8 @@ class Driver:
     # -- networks ------------------------------------------------------------------------
 
     def create_network(self, req: protocol.CreateNetwork) -> None:
-        """Build the bridge, its addresses and its rules, or nothing at all."""
+        """Build the bridge and its addresses, or nothing at all; its rules are owed until
+        after the answer (deferred_rules.py)."""
         bridge = req.options.bridge_name or f"pn-{req.network_id[:12]}"
         record = self.store.network(req.network_id)
         if record is None:
@@ -188,24 +191,18 @@ class Driver:
             self.store.put_network(record)  # refuses a bridge another network holds
             checkpoint("create_network.recorded")
         try:
-            # The rules name the bridge, they do not need it: iptables-restore runs while the
-            # bridge is built. Only additions: rules of networks and ports being deleted are
-            # the reaper's to remove (a `docker network create` right after an rm would
-            # otherwise pay for the deletions). They cannot touch this network: a pending
-            # delete with its bridge name or an overlapping subnet was finished above.
-            rules = self._side.submit(self.sync_firewall, keep=True)
-            try:
-                self.build_network(record)
-                checkpoint("create_network.bridge_built")
-            finally:
-                futures.wait([rules])
-            rules.result()
-            checkpoint("create_network.rules_applied")
+            self.build_network(record)
+            checkpoint("create_network.bridge_built")
         except Exception:
             self._roll_back(self.teardown_network, record)
             raise
         record.state = READY
         self.store.put_network(record)
+        # Its rules only add: rules of networks and ports being deleted are the reaper's to
+        # remove (a `docker network create` right after an rm would otherwise pay for the
+        # deletions). They cannot touch this network: a pending delete with its bridge name
+        # or an overlapping subnet was finished above.
+        self.rules_due.owe()
 
     def _check_supported(self, req: protocol.CreateNetwork, bridge: str) -> None:
         """Refuse networks pynet cannot build as safely as the bridge driver would."""
@@ -424,6 +421,7 @@ class Driver:
                 raise InvalidRequest(f"IPv{family} address {address} is outside the network's "
                                      f"IPv{family} subnet "
                                      f"({subnet or f'none: the network has no IPv{family}'})")
+        self.rules_due.settle()  # the network's own rules, before a port is on its bridge
         if any(self.deletes.rules_pending(str(a)) for a in (req.address, req.address_v6) if a):
             self.sync_firewall()  # the address's old port rules must not reach this endpoint
         record = self.store.endpoint(req.endpoint_id)

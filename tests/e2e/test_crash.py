@@ -142,6 +142,10 @@ def _retry_run(published: bool) -> Callable[[Case], None]:
     return retry
 
 
+def _create_network_command(c: Case) -> list[str]:
+    return ["network", "create", "-d", c.inst.name, *c.network_args()]
+
+
 RUN = Scenario(prepare=_network, command=lambda c: ["run", "-d", *c.run_args(False)],
                fails=True, retry=_retry_run(False))
 RUN_PUBLISHED = Scenario(prepare=_network, command=lambda c: ["run", "-d", *c.run_args(True)],
@@ -152,10 +156,13 @@ RM_PUBLISHED = Scenario(prepare=lambda c: _container(c, True),
                         command=lambda c: ["rm", "-f", c.container], fails=False,
                         retry=_retry_run(True))
 SCENARIOS: dict[str, Scenario] = {
-    "create_network": Scenario(prepare=lambda c: None,
-                               command=lambda c: ["network", "create", "-d", c.inst.name,
-                                                  *c.network_args()],
+    "create_network": Scenario(prepare=lambda c: None, command=_create_network_command,
                                fails=True, retry=_retry_create_network),
+    # Answered, rules not written yet (deferred_rules.py): the network exists for dockerd,
+    # and the reconcile at start writes its rules before a container can use it.
+    "create_network.answered": Scenario(prepare=lambda c: None,
+                                        command=_create_network_command, fails=False,
+                                        retry=_retry_run(False)),
     "delete_network": Scenario(prepare=_network, command=lambda c: ["network", "rm", c.net],
                                fails=False, retry=_retry_delete_network),
     "create_endpoint": RUN,
@@ -164,8 +171,7 @@ SCENARIOS: dict[str, Scenario] = {
     "revoke_external": RM_PUBLISHED,
     # Arrival points: pynet dies as the call comes in, as if it had been down at that moment.
     "received.CreateNetwork": Scenario(prepare=lambda c: None,
-                                       command=lambda c: ["network", "create", "-d",
-                                                          c.inst.name, *c.network_args()],
+                                       command=_create_network_command,
                                        fails=True, retry=_retry_create_network),
     "received.DeleteNetwork": Scenario(prepare=_network,
                                        command=lambda c: ["network", "rm", c.net],

@@ -21,7 +21,6 @@ from flask.testing import FlaskClient
 
 from lab import hex_id, network_body
 from lab.netns import thread_in_netns
-from plugin import reconcile
 from plugin.app import create_app
 from plugin.cli import build_driver
 from plugin.config import Settings
@@ -94,6 +93,9 @@ def test_call_behind_a_stuck_call_is_busy_within_the_deadline(app: App) -> None:
 def test_wedged_iptables_fails_the_call_with_a_clear_error(app: App, tool: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
+    """CreateNetwork answers before its rules are written (deferred_rules.py), so the call
+    that needs them, the network's first CreateEndpoint, is the one that fails, leaving no
+    veth; once iptables works again the next one writes them."""
     app.driver.ready.set()
     # In a namespace of its own dockerd's nftables table is absent: auto writes iptables.
     backend = app.driver.firewall.backends["iptables"].v4.backend  # type: ignore[attr-defined]
@@ -103,13 +105,20 @@ def test_wedged_iptables_fails_the_call_with_a_clear_error(app: App, tool: str, 
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(iptables, "TIMEOUT", 0.5)
     body = network()
-    reply, took = app.call("CreateNetwork", body)
+    reply, _ = app.call("CreateNetwork", body)
+    assert reply == {}, reply
+    endpoint_id = hex_id()
+    endpoint = {"NetworkID": body["NetworkID"], "EndpointID": endpoint_id,
+                "Interface": {"Address": "10.231.253.2/24"}}
+    reply, took = app.call("CreateEndpoint", endpoint)
     assert f"iptables-{backend}-{tool}" in reply["Err"], reply
     assert "timed out" in reply["Err"], reply
-    budget = 2 * iptables.TIMEOUT + SLACK  # the call's sync and its rollback's, no retries
+    budget = 2 * iptables.TIMEOUT + SLACK  # the write after CreateNetwork's answer, the call's
     assert took < budget, f"took {took:.1f}s, over {budget:.1f}s"
+    host, _ = Driver.veth_names(endpoint_id)
+    assert app.driver.netlink.get(host) is None, "no veth on a bridge without its rules"
+    assert app.driver.store.endpoint(endpoint_id) is None
     monkeypatch.undo()
-    # The rollback needed iptables too; its record, left non-ready, lets reconcile finish it.
-    reconcile.run(app.driver)
-    assert not app.driver.store.networks(), "the refused network must be rolled back"
-    assert app.driver.netlink.get(f"pn-{body['NetworkID'][:12]}") is None
+    reply, _ = app.call("CreateEndpoint", endpoint)
+    assert "Err" not in reply, reply
+    assert app.driver.firewall_repair() is None, "the owed rules are in place now"

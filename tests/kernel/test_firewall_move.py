@@ -24,6 +24,7 @@ def test_the_other_backend_takes_over_at_start(driver: Driver) -> None:
     nid, bridge = hex_id(), f"pm-{secrets.token_hex(4)}"
     assert driver_call(create_app(driver).test_client(), "CreateNetwork", network_body(
         nid, "10.231.251.0/24", generic={"com.docker.network.bridge.name": bridge})) == {}
+    driver.rules_due.settle()  # written after the answer (plugin/deferred_rules.py)
     old, new = driver.firewall.name, OTHER[driver.firewall.name]
     written = dict(zip(("iptables", "nftables"), split(driver.settings.name), strict=True))
     assert any(bridge in line for line in written[old]) and not written[new]

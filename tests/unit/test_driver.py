@@ -133,8 +133,14 @@ class World:
                  sysctl: FakeSysctl) -> None:
         self.driver, self.netlink, self.firewall, self.sysctl = driver, netlink, firewall, sysctl
 
+    def firewalled(self) -> Desired:
+        """What the firewall holds once the rules new networks owe are written (the HTTP
+        layer starts that after CreateNetwork's answer; CreateEndpoint waits for it)."""
+        self.driver.rules_due.settle()
+        return self.firewall.applied
+
     def bridges(self) -> list[str]:
-        return [spec.bridge for spec in self.firewall.applied.networks]
+        return [spec.bridge for spec in self.firewalled().networks]
 
 
 @pytest.fixture
@@ -184,20 +190,46 @@ def test_a_network_is_recorded_built_and_firewalled(world: World) -> None:
     assert world.bridges() == ["pt-unit0"]
 
 
-@pytest.mark.parametrize("failing", ["ensure_bridge", "ensure_address", "firewall"])
+@pytest.mark.parametrize("failing", ["ensure_bridge", "ensure_address"])
 def test_a_failed_create_is_rolled_back(world: World, failing: str) -> None:
-    if failing == "firewall":
-        world.firewall.fail = True
-    else:
-        world.netlink.fail = failing
+    world.netlink.fail = failing
     req = create("10.231.41.0/24", bridge="pt-unit1")
     with pytest.raises(KernelError):
         world.driver.create_network(req)
-    world.netlink.fail, world.firewall.fail = "", False
+    world.netlink.fail = ""
     world.driver.reap()
     assert world.driver.store.network(req.network_id) is None
     assert "pt-unit1" not in world.netlink.links
     assert world.bridges() == []
+
+
+def test_a_network_answers_before_its_rules_and_its_first_endpoint_waits_for_them(
+        world: World) -> None:
+    req = create("10.231.41.0/24", bridge="pt-unit1")
+    world.driver.create_network(req)
+    assert world.firewall.applied.networks == []  # owed: written after the answer
+    world.driver.rules_due.start()  # what the HTTP layer does once the answer is out
+    world.driver.create_endpoint(endpoint(req.network_id, "10.231.41.2/24"))
+    assert [n.bridge for n in world.firewall.applied.networks] == ["pt-unit1"]
+
+
+def test_rules_that_fail_after_the_answer_keep_endpoints_off_the_bridge_until_written(
+        world: World) -> None:
+    req = create("10.231.41.0/24", bridge="pt-unit1")
+    world.driver.create_network(req)
+    world.firewall.fail = True
+    world.driver.rules_due.start()
+    ep = endpoint(req.network_id, "10.231.41.2/24")
+    with pytest.raises(KernelError, match="a fake failure"):
+        world.driver.create_endpoint(ep)
+    host, _ = Driver.veth_names(ep.endpoint_id)
+    assert host not in world.netlink.links and world.driver.store.endpoint(ep.endpoint_id) is None
+    with pytest.raises(KernelError, match="a fake failure"):  # still owed, tried again
+        world.driver.create_endpoint(ep)
+    world.firewall.fail = False
+    world.driver.create_endpoint(ep)
+    assert host in world.netlink.links
+    assert [n.bridge for n in world.firewall.applied.networks] == ["pt-unit1"]
 
 
 @pytest.mark.parametrize("pool,why", [
@@ -293,7 +325,7 @@ def test_a_dual_stack_network_gets_both_gateways_and_both_firewalls(world: World
     world.driver.create_network(req)
     assert world.netlink.addresses["pt-unit6"] == {"10.231.46.1/24", "fd31:46::1/64"}
     assert world.sysctl.values["net/ipv6/conf/pt-unit6/disable_ipv6"] == "0"
-    (spec,) = world.firewall.applied.networks
+    (spec,) = world.firewalled().networks
     assert spec.subnet_v6 == ipaddress.IPv6Network("fd31:46::/64")
     ep = endpoint(req.network_id, "10.231.46.2/24", "fd31:46::2/64")
     world.driver.create_endpoint(ep)
@@ -385,7 +417,7 @@ def test_an_ipv6_only_network_has_only_ipv6(world: World) -> None:
     record = world.driver.store.network(req.network_id)
     assert record is not None and record.config.subnet is None
     assert world.netlink.addresses[record.bridge] == {"fd31:53::1/64"}
-    (spec,) = world.firewall.applied.networks
+    (spec,) = world.firewalled().networks
     assert spec.subnet is None and str(spec.subnet_v6) == "fd31:53::/64"
     ep = protocol.CreateEndpoint.parse({"NetworkID": req.network_id, "EndpointID": hex_id(),
                                         "Interface": {"AddressIPv6": "fd31:53::2/64"}})
@@ -492,7 +524,7 @@ def test_a_mode_of_a_family_the_network_lacks_changes_nothing(world: World) -> N
     its bridge to IPv6 (a user's bridge keeps IPv6 on)."""
     req = create("10.231.58.0/24", gateway_mode_ipv6="nat-unprotected")
     world.driver.create_network(req)
-    (spec,) = world.firewall.applied.networks
+    (spec,) = world.firewalled().networks
     assert spec.modes == ("nat", "nat")
 
 

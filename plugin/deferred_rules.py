@@ -1,0 +1,70 @@
+"""A new network's firewall rules, written after CreateNetwork has answered.
+
+A network's rules matter from its first endpoint on: before that its bridge has no port, and
+the only address on it is the host's gateway, which the rules leave alone. Writing them (an
+``iptables-restore`` or an nft transaction) would be most of CreateNetwork, so the call answers
+once the bridge is built and owes the rules: the HTTP layer starts writing them on the side
+thread once the answer is out (``start``), and CreateEndpoint waits for that write, or does it
+itself if it was never started or failed (``settle``), before any veth reaches the bridge. A
+crash in between loses nothing: the reconcile at start writes every recorded network's rules.
+
+Writes only add (``Driver.sync_firewall(keep=True)``) and read the records when they run, so
+one write covers every network created before it started; the side thread runs one at a time.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+
+from plugin.faults import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class DeferredRules:
+    """What is owed and what is being written (see the module docstring)."""
+
+    def __init__(self, write: Callable[[], object], side: futures.Executor) -> None:
+        self._write = write
+        self._side = side
+        self._lock = threading.Lock()
+        self._owed = False  # a network was created since the last write started
+        self._pending: futures.Future[object] | None = None
+
+    def owe(self) -> None:
+        """A network's rules are not written yet (CreateNetwork, before it answers)."""
+        with self._lock:
+            self._owed = True
+
+    def start(self) -> None:
+        """Begin writing what is owed on the side thread (the HTTP layer, after an answer)."""
+        with self._lock:
+            if not self._owed:
+                return
+            self._owed = False
+            self._pending = self._side.submit(self._written)
+
+    def _written(self) -> object:
+        checkpoint("create_network.answered")
+        return self._write()
+
+    def settle(self) -> None:
+        """Return once every owed rule is in the kernel: wait for the write in flight, and
+        write here what was never started or failed. Raises the write's error, still owing."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            owed, self._owed = self._owed, False
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception as exc:
+                log.warning("writing new networks' rules after their answer failed (%s); "
+                            "writing them now", exc)
+                owed = True
+        if owed:
+            try:
+                self._write()
+            except Exception:
+                self.owe()
+                raise

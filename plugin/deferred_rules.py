@@ -49,6 +49,12 @@ class DeferredRules:
         checkpoint("create_network.answered")
         return self._write()
 
+    def busy(self) -> bool:
+        """Whether rules are owed or being written: a look at the firewall meanwhile would
+        find them missing (a write that failed is not busy: what it left undone is damage)."""
+        with self._lock:
+            return self._owed or self._pending is not None and not self._pending.done()
+
     def settle(self) -> None:
         """Return once every owed rule is in the kernel: wait for the write in flight, and
         write here what was never started or failed. Raises the write's error, still owing."""

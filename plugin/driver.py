@@ -635,7 +635,11 @@ class Driver:
         return self.firewall.apply(self.desired, fresh=fresh, keep=keep)
 
     def firewall_repair(self) -> str | None:
-        """What the firewall lacks, read afresh ("<backend>: <description>"), or None."""
+        """What the firewall lacks, read afresh ("<backend>: <description>"), or None. None
+        too while new networks' rules are on their way (deferred_rules.py): the periodic
+        check's next look sees them written."""
+        if self.rules_due.busy():
+            return None
         repair = self.firewall.repair_needed(self.desired)
         return None if repair is None else f"{self.firewall.name}: {repair}"
 

@@ -208,8 +208,10 @@ def test_a_network_answers_before_its_rules_and_its_first_endpoint_waits_for_the
     req = create("10.231.41.0/24", bridge="pt-unit1")
     world.driver.create_network(req)
     assert world.firewall.applied.networks == []  # owed: written after the answer
+    assert world.driver.rules_due.busy()  # the periodic check does not call that damage
     world.driver.rules_due.start()  # what the HTTP layer does once the answer is out
     world.driver.create_endpoint(endpoint(req.network_id, "10.231.41.2/24"))
+    assert not world.driver.rules_due.busy()
     assert [n.bridge for n in world.firewall.applied.networks] == ["pt-unit1"]
 
 
@@ -222,6 +224,7 @@ def test_rules_that_fail_after_the_answer_keep_endpoints_off_the_bridge_until_wr
     ep = endpoint(req.network_id, "10.231.41.2/24")
     with pytest.raises(KernelError, match="a fake failure"):
         world.driver.create_endpoint(ep)
+    assert world.driver.rules_due.busy()  # still owed
     host, _ = Driver.veth_names(ep.endpoint_id)
     assert host not in world.netlink.links and world.driver.store.endpoint(ep.endpoint_id) is None
     with pytest.raises(KernelError, match="a fake failure"):  # still owed, tried again

@@ -7,6 +7,7 @@ own, so clean-up never touches a bridge the user made or another instance's link
 """
 
 import errno
+import fcntl
 import ipaddress
 import secrets
 import socket
@@ -45,6 +46,8 @@ IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 4, 10, 18, 
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_F_NODAD = 0x02  # ifaddrmsg flag: skip duplicate address detection
+SIOCGIFINDEX = 0x8933  # <linux/sockios.h>: an interface's index by name
+_IFREQ = struct.Struct("16si20x")  # struct ifreq: the name, then ifr_ifindex in the union
 # A bridge port's hairpin mode, as the port attribute of a link request (what `ip link set
 # DEV type bridge_slave hairpin on` sends), so it can ride along with other link settings.
 HAIRPIN: dict[str, object] = {"IFLA_LINKINFO": {"attrs": [
@@ -138,6 +141,8 @@ class Netlink:
         # ``netns`` lets kernel tests work in a throwaway namespace; the plugin uses the host's.
         self._netns = netns
         self._ipr = self._open()
+        # For index lookups by ioctl (_index): a socket of the namespace this one serves.
+        self._ioctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if netns is None else None
         self._calls = 0
         self._lock = threading.Lock()
 
@@ -153,8 +158,10 @@ class Netlink:
         return ipr
 
     def close(self) -> None:
-        """Release the netlink socket."""
+        """Release the sockets."""
         self._ipr.close()
+        if self._ioctl is not None:
+            self._ioctl.close()
 
     def _call(self, what: str, method: str, *args: object, tolerate: tuple[int, ...] = (),
               **kwargs: object) -> object:
@@ -174,7 +181,7 @@ class Netlink:
 
     def get(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
-        if self._netns is None and self._index(name) is None:
+        if self._ioctl is not None and self._index(name) is None:
             return None  # absent: known without waiting for the rtnl lock (see _index)
         msgs = self._call(f"reading link {name}", "link", "get", ifname=name,
                           tolerate=(errno.ENODEV,))
@@ -339,15 +346,26 @@ class Netlink:
     def _index(self, name: str) -> int | None:
         """The index of link ``name``, or None.
 
-        On the host's namespace this asks the kernel by ioctl (``if_nametoindex``), which reads
-        under RCU: a netlink request waits for the rtnl lock, which every link being deleted
-        holds a while (the reaper's, dockerd's), and then pyroute2 decodes the whole link.
-        A socket opened in another namespace (kernel tests) asks it over netlink."""
-        if self._netns is None:
+        On the namespace the socket was opened in this asks the kernel by ioctl
+        (SIOCGIFINDEX, on a socket opened beside the netlink one), which reads under RCU: a
+        netlink request waits for the rtnl lock, which every link being deleted holds a while
+        (the reaper's, dockerd's), and then pyroute2 decodes the whole link. Only ENODEV
+        means "no such link": any other failure is an error, never taken for absence (a
+        user's bridge must not look missing). A socket opened in another namespace (kernel
+        tests) asks over netlink."""
+        if self._ioctl is not None:
+            raw = name.encode()
+            if len(raw) >= 16 or b"\0" in raw:
+                return None  # no link can have that name
             try:
-                return socket.if_nametoindex(name)
-            except OSError:
-                return None
+                reply = fcntl.ioctl(self._ioctl.fileno(), SIOCGIFINDEX, _IFREQ.pack(raw, 0))
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:
+                    return None
+                raise KernelError(f"reading the index of link {name}: "
+                                  f"{errno.errorcode.get(exc.errno or 0, exc.errno)} ({exc})"
+                                  ) from exc
+            return int(_IFREQ.unpack(reply)[1])
         link = self.get(name)
         return link.index if link else None
 

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 
+from plugin.errors import KernelTimeout
 from plugin.faults import checkpoint
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ class DeferredRules:
         self._write = write
         self._side = side
         self._lock = threading.Lock()
-        self._owed = False  # a network was created since the last write started
+        self._owed = False  # a network was created and no write has started since
         self._pending: futures.Future[object] | None = None
+        # Write at the next settle even if nothing is owed: a write failed, or none has
+        # succeeded since this process started (the start-up reconcile's may have failed).
+        # Unlike what is owed, this is no reason for the periodic check to look away.
+        self._retry = True
 
     def owe(self) -> None:
         """A network's rules are not written yet (CreateNetwork, before it answers)."""
@@ -38,12 +43,16 @@ class DeferredRules:
             self._owed = True
 
     def start(self) -> None:
-        """Begin writing what is owed on the side thread (the HTTP layer, after an answer)."""
+        """Begin writing what is owed on the side thread (the HTTP layer, after an answer).
+        Once the driver is closed nothing starts, and what is owed stays owed."""
         with self._lock:
             if not self._owed:
                 return
+            try:
+                self._pending = self._side.submit(self._written)
+            except RuntimeError:  # the executor is shut down: the process is stopping
+                return
             self._owed = False
-            self._pending = self._side.submit(self._written)
 
     def _written(self) -> object:
         checkpoint("create_network.answered")
@@ -57,20 +66,28 @@ class DeferredRules:
 
     def settle(self) -> None:
         """Return once every owed rule is in the kernel: wait for the write in flight, and
-        write here what was never started or failed. Raises the write's error, still owing."""
+        write here what was never started, or failed. Raises the error of a write that failed
+        (a tool that timed out is not run again: the call fails within one timeout); the next
+        settle tries again."""
         with self._lock:
             pending, self._pending = self._pending, None
-            owed, self._owed = self._owed, False
-        if pending is not None:
-            try:
-                pending.result()
-            except Exception as exc:
-                log.warning("writing new networks' rules after their answer failed (%s); "
-                            "writing them now", exc)
-                owed = True
-        if owed:
-            try:
+            write = self._owed or self._retry
+            self._owed = False
+        try:
+            if pending is not None:
+                try:
+                    pending.result()
+                except KernelTimeout:
+                    raise
+                except Exception as exc:
+                    log.warning("writing new networks' rules after their answer failed (%s); "
+                                "writing them now", exc)
+                    write = True
+            if write:
                 self._write()
-            except Exception:
-                self.owe()
-                raise
+        except Exception:
+            with self._lock:
+                self._retry = True
+            raise
+        with self._lock:
+            self._retry = False

@@ -11,6 +11,11 @@ host-to-published-port throughput and RTT, and the time of network create and rm
 network, made and removed a few times). A column's networks are removed before the next one
 starts. The table gives every figure and its ratio to the same column's 1-network figure.
 
+The ``floor`` column is the benchmark's floor remote driver (``lab/bench/floor.py``: answers at
+once, no bridge, no rules) grown the same way: its create and rm are what dockerd spends by
+itself at each count, which no remote driver goes below, so a driver's own growth is its
+figure's growth above the floor's. It has no data plane.
+
 Only a host where dockerd runs its nftables backend has all columns: pynet's nftables backend
 needs forwarding to be decided by its table alone, and dockerd's iptables backend sets the
 FORWARD policy to DROP (run once per dockerd firewall backend for the full picture).
@@ -21,6 +26,7 @@ FORWARD policy to DROP (run once per dockerd firewall backend for the full pictu
 import argparse
 import ipaddress
 import json
+import secrets
 import statistics
 import sys
 import time
@@ -46,6 +52,7 @@ from lab import (  # noqa: E402
     wait_for,
 )
 from lab.bench import BRIDGE, ECHO_PORT, POOL, SERVER_CMD, SERVER_HOST, SINK_PORT  # noqa: E402
+from lab.bench.floor import FloorDriver  # noqa: E402
 from lab.bench.probes import (  # noqa: E402
     answers,
     echoes,
@@ -60,6 +67,7 @@ from lab.bench.resources import Lab, host_address, timed  # noqa: E402
 PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
 SAMPLES = 5  # network create/rm samples per step
 PARALLEL = 8  # growth and clean-up run this many docker commands at once
+FLOOR = "floor"  # the floor remote driver's column: create and rm only
 FIGURES = {  # key: (label, unit, higher is better)
     "tput_c2c": ("TCP throughput container -> container", "MB/s", True),
     "rtt_c2c": ("ping RTT container -> container", "µs", False),
@@ -92,9 +100,12 @@ class Column:
         self.host_ip = host_address()
 
     def start(self) -> None:
-        """The measured network, first of the column's, with its server and client."""
+        """The measured network, first of the column's, with its server and client (the
+        floor's has neither: its networks carry no traffic)."""
         net, _ = self.lab.create_network(self.driver, self.lab.name("m"))
         self.made = 1
+        if self.label == FLOOR:
+            return
         self.server, self.server_ip = self.lab.name("srv"), net.host(SERVER_HOST)
         self.echo_port, self.sink_port = free_port(), free_port()
         docker("run", "-d", "--name", self.server, "--network", net.name, "--ip",
@@ -118,19 +129,22 @@ class Column:
 
     def measure(self) -> dict[str, float]:
         """Every figure, once (medians inside each probe and over the change samples)."""
-        fig = {"tput_c2c": statistics.median(throughput_c2c(self.client, self.server_ip,
-                                                            self.mib) for _ in range(3)),
-               "rtt_c2c": ping_rtt(self.client, self.server_ip, self.pings),
-               "tput_pub": statistics.median(throughput_host(self.host_ip, self.sink_port,
-                                                             self.mib) for _ in range(3)),
-               "rtt_pub": tcp_rtt(self.host_ip, self.echo_port, self.pings)}
+        fig: dict[str, float] = {}
+        if self.label != FLOOR:
+            fig = {"tput_c2c": statistics.median(throughput_c2c(self.client, self.server_ip,
+                                                                self.mib) for _ in range(3)),
+                   "rtt_c2c": ping_rtt(self.client, self.server_ip, self.pings),
+                   "tput_pub": statistics.median(throughput_host(self.host_ip, self.sink_port,
+                                                                 self.mib) for _ in range(3)),
+                   "rtt_pub": tcp_rtt(self.host_ip, self.echo_port, self.pings)}
         creates, rms = [], []
         for _ in range(SAMPLES):
             net, ms = self.lab.create_network(self.driver, self.lab.name("x"))
             creates.append(ms)
             rms.append(timed("network", "rm", net.name))
         fig["create"], fig["rm"] = statistics.median(creates), statistics.median(rms)
-        fig["rules"] = float(firewall_size())
+        if self.label != FLOOR:
+            fig["rules"] = float(firewall_size())
         return fig
 
 
@@ -148,6 +162,14 @@ def column_driver(label: str) -> Iterator[tuple[str, Instance | None]]:
     """The docker driver name of a column, with its pynet instance while it runs."""
     if label == BRIDGE:
         yield BRIDGE, None
+        return
+    if label == FLOOR:
+        floor = FloorDriver(f"pb-{secrets.token_hex(3)}-floor")
+        floor.start()
+        try:
+            yield floor.name, None
+        finally:
+            floor.stop()
         return
     inst = bench_instance(PYNET_FIREWALL_BACKEND=label.split("-", 1)[1])
     inst.start()
@@ -189,6 +211,9 @@ def table(results: dict[str, dict[int, dict[str, float]]], counts: list[int]) ->
         for count in counts:
             cells = []
             for label in labels:
+                if key not in results[label][count]:
+                    cells.append("—")  # the floor's networks carry no traffic
+                    continue
                 value, base = results[label][count][key], results[label][counts[0]][key]
                 ratio = f" ({value / base:.2f}×)" if count != counts[0] and base else ""
                 cells.append(f"{value:.0f}{ratio}" if value >= 100 else f"{value:.1f}{ratio}")
@@ -212,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     ensure_image()
-    labels = [BRIDGE, "pynet-iptables"]
+    labels = [BRIDGE, FLOOR, "pynet-iptables"]
     if firewall_backend() == "nftables":
         labels.append("pynet-nftables")
     subnets = Subnets(str(POOL), PREFIX)

@@ -48,3 +48,23 @@ def test_bench_smoke_reports_every_figure_with_numbers(dockerd: None, tmp_path: 
     report = json.loads(out.read_text())
     assert {r["key"] for r in report["rows"]} >= COMPARED.keys() | PYNET_ONLY.keys()
     assert report["leftovers"] == []
+
+
+def test_scale_smoke_reports_every_column_and_cleans_up(dockerd: None, tmp_path: Path) -> None:
+    """``scripts/scale.py`` at two tiny counts: every column it runs on this dockerd has every
+    figure it owes (the floor column create and rm only), and nothing of it is left."""
+    out = tmp_path / "scale.json"
+    run([str(VENV_BIN / "python"), str(REPO / "scripts" / "scale.py"), "--counts", "1,2",
+         "--mib", "8", "--pings", "5", "--json", str(out)], timeout=300)
+    results = json.loads(out.read_text())["results"]
+    assert {"bridge", "floor", "pynet-iptables"} <= results.keys()
+    for label, steps in results.items():
+        assert sorted(steps) == ["1", "2"], label
+        owed = {"create", "rm"} if label == "floor" else {
+            "tput_c2c", "rtt_c2c", "tput_pub", "rtt_pub", "create", "rm", "rules"}
+        for figures in steps.values():
+            assert figures.keys() == owed, label
+            assert all(value > 0 for value in figures.values()), (label, figures)
+    left = run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert not [name for name in left if name.startswith("pb-")]
+    assert not run(["docker", "ps", "-aq", "--filter", "name=pb-"]).stdout.strip()

@@ -1,15 +1,19 @@
 """pynet's firewall as an nftables table of its own, ``table inet <instance name>``.
 
 The rules do what the iptables backend's do (``rules.py`` says why each exists), laid out so
-that neither a packet nor a change pays for the number of networks: every base chain looks the
-packet's bridge or subnet up in a verdict map and jumps to that network's chain, and published
-ports are set and map elements. A network create or rm is a few element and chain commands in
-one transaction; nothing is read back.
+that neither a packet nor a change pays for the number of networks: every base chain looks a
+bridge up in a verdict map and jumps to that network's chain, and published ports are set and
+map elements. A network create or rm is a few element and chain commands in one transaction;
+nothing is read back. No set or map has intervals (no subnet is a key): libnftables reads
+every interval set's elements before each change that adds an element (README, Scale), so
+the keys are bridge names and exact addresses, and a subnet appears only in its network's
+own chains.
 
 * ``raw`` (prerouting, raw priority): loopback sources and destinations on a bridge are dropped;
-  ``ip daddr vmap @subnets`` jumps to ``raw-<BR>``, which lets through what comes from the
-  bridge, from a trusted host interface or is for a host address, and drops the rest (routing
-  to the containers directly).
+  ``fib daddr oifname vmap @protected`` jumps to ``raw-<BR>`` for a packet the host would route
+  into a network's bridge (for its subnet, or its broadcast), which lets through what comes
+  from the bridge, from a trusted host interface or is for a host address, and drops the rest
+  (routing to the containers directly).
 * ``forward`` (filter priority): ``oifname vmap @inbound`` jumps to ``in-<BR>``: replies,
   DNATed connections to a published port (set ``@ports``), trusted interfaces to a published
   port, what the gateway mode opens (below), the bridge's own traffic if icc; everything else
@@ -19,11 +23,12 @@ one transaction; nothing is read back.
 * nat: ``nat-prerouting`` (not from 127.0.0.0/8) and ``nat-output`` send packets for host
   addresses to ``published`` (maps ``@port_host``: address . protocol . port, and
   ``@port_any``: protocol . port); ``nat-postrouting`` masquerades hairpin connections (set
-  ``@hairpin``), 127.0.0.0/8 sources onto a bridge, and, via ``ip saddr vmap @masquerading`` and
-  ``masq-<BR>``, a subnet's traffic that leaves its bridge.
+  ``@hairpin``), 127.0.0.0/8 sources onto a bridge, and, via ``iifname vmap @egress`` and
+  ``masq-<BR>``, what the subnet sends through its bridge to elsewhere (as Docker 29's
+  nftables backend: the host's own packets are not masqueraded, whatever their source).
 
-Gateway modes (``rules.py``): a family in ``nat-unprotected`` or ``routed`` has its subnet out of
-``@subnets`` (no direct-routing drop), a ``routed`` one out of ``@masquerading`` too; ``in-<BR>``
+Gateway modes (``rules.py``): a family in ``nat-unprotected`` or ``routed`` has no drop in
+``raw-<BR>`` (no direct-routing protection), a ``routed`` one no rule in ``masq-<BR>``; ``in-<BR>``
 accepts that family from elsewhere (``nat-unprotected``), or its ICMP and the container ports
 in ``@routed`` (``routed``) before its final drop.
 
@@ -33,11 +38,12 @@ whatever dockerd does, and pynet's containers get out only where nothing else dr
 traffic: on a host where Docker 29 runs its nftables backend, which is where ``auto`` picks
 this backend (``choice.py``).
 
-IPv6 has the twin of every address set and map (suffix ``6``: ``@subnets6``, ``@ports6``, ...)
-and of every rule that matches an address; the interface rules serve both families. ::1 is
+IPv6 has the twin of every address set and map (suffix ``6``: ``@ports6``, ...) and of every
+rule that matches an address; the interface rules and maps serve both families. ::1 is
 not DNATed (the kernel never routes it off the host): host ::1 -> published port is reset.
 """
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -62,10 +68,6 @@ FAMILY = "inet"
 # The address sets and maps of each family: name -> nft specification (a map's has a ':');
 # "{a}" is the family's address type. IPv6's names end in 6.
 _ADDRESS_SETS: dict[str, str] = {
-    "subnets": "type {a}; flags interval;",
-    "own": "type {a} . ifname; flags interval;",  # subnet . its bridge
-    "trusted": "type {a} . ifname; flags interval;",  # subnet . a trusted interface
-    "masquerading": "type {a}; flags interval;",
     "ports": "type ifname . {a} . inet_proto . inet_service;",
     "routed": "type ifname . {a} . inet_proto . inet_service;",  # gateway mode routed
     "hairpin": "type {a} . {a} . inet_proto . inet_service;",
@@ -73,11 +75,14 @@ _ADDRESS_SETS: dict[str, str] = {
     "port_any": "type inet_proto . inet_service : {a} . inet_service;",
 }
 _SUFFIX = {4: "", 6: "6"}
+MAX_PROBLEMS = 10  # differences() names at most this many (it goes into a log line)
 _IP = {4: "ip", 6: "ip6"}  # each family's match keyword
 SETS: dict[str, str] = {
     "bridges": "type ifname;",  # bridges of networks that are not internal
     "inbound": "type ifname : verdict;",
     "outbound": "type ifname : verdict;",
+    "protected": "typeof fib daddr oifname : verdict;",  # raw: bridges with subnets to guard
+    "egress": "type ifname : verdict;",  # nat-postrouting: bridges of masqueraded subnets
     **{name + _SUFFIX[v]: spec.format(a=f"ipv{v}_addr")
        for v in (4, 6) for name, spec in _ADDRESS_SETS.items()},
 }
@@ -115,9 +120,7 @@ BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
         f"iifname @bridges ip daddr {LOOPBACK} drop",
         f"iifname @bridges ip6 saddr {LOOPBACK_V6} drop",
         f"iifname @bridges ip6 daddr {LOOPBACK_V6} drop",
-        *_twins("{ip} daddr . iifname @own{s} return",
-                "{ip} daddr . iifname @trusted{s} return",
-                "{ip} daddr @subnets{s} fib daddr type != local drop"),
+        "fib daddr oifname vmap @protected",
     )),
     "forward": ("type filter hook forward priority filter; policy accept;", (
         "iifname vmap @outbound",  # first: the accepts of in-<BR> end the chain
@@ -140,7 +143,7 @@ BASE_CHAINS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "nat-postrouting": ("type nat hook postrouting priority srcnat; policy accept;", (
         *_twins("{ip} saddr . {ip} daddr . meta l4proto . th dport @hairpin{s} masquerade"),
         f"oifname @bridges ip saddr {LOOPBACK} masquerade",
-        *_twins("{ip} saddr @masquerading{s} {ip} saddr . oifname != @own{s} masquerade"),
+        "iifname vmap @egress",
     )),
 }
 
@@ -160,38 +163,53 @@ def _names(names: tuple[str, ...]) -> str:
     return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
 
 
+@functools.lru_cache(maxsize=8192)
+def _network(net: NetworkSpec) -> tuple[tuple[tuple[str, tuple[str, ...]], ...],
+                                         tuple[tuple[str, str, str | None], ...]]:
+    """One network's chains (name, rules) and elements (set, key, value), remembered per
+    spec: a change renders every network, and most are rendered as they were last time."""
+    br, quoted = net.bridge, f'"{net.bridge}"'
+    chains: dict[str, tuple[str, ...]] = {}
+    elements: list[tuple[str, str, str | None]] = []
+    guarded = tuple(f"meta nfproto {_NFPROTO[v]} fib daddr type != local drop"
+                    for v in (4, 6) if net.subnet_of(v) is not None and net.mode(v) == NAT)
+    if guarded:  # the other modes are for direct routing
+        trusted = (f"iifname {_names(net.trusted)} return",) if net.trusted else ()
+        chains[f"raw-{br}"] = (f"iifname {quoted} return", *trusted, *guarded)
+        elements.append(("protected", quoted, f"jump raw-{br}"))
+    masquerade = tuple(f"oifname != {quoted} {_IP[v]} saddr {net.subnet_of(v)} masquerade"
+                       for v in (4, 6) if net.subnet_of(v) is not None and net.masquerades(v))
+    if masquerade:
+        chains[f"masq-{br}"] = masquerade
+        elements.append(("egress", quoted, f"jump masq-{br}"))
+    # icc off: neighbour discovery still passes, as ARP does (rules.network_filter_rules)
+    intra = (f"iifname {quoted} accept",) if net.icc else () if net.internal else (
+        f"iifname {quoted} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} "
+        "accept",)
+    if net.internal:
+        chains[f"in-{br}"] = (*intra, "drop")
+        chains[f"out-{br}"] = (f"oifname != {quoted} drop",)
+        elements.append(("outbound", quoted, f"jump out-{br}"))
+    else:
+        via_trusted = tuple(f"iifname {_names(net.trusted)} {port} accept"
+                            for port in _PORT) if net.trusted else ()
+        chains[f"in-{br}"] = ("ct state established,related accept",
+                              *(f"ct status dnat {port} accept" for port in _PORT),
+                              *via_trusted, *_opened(quoted, net), *intra, "drop")
+        elements.append(("bridges", quoted, None))
+    elements.append(("inbound", quoted, f"jump in-{br}"))
+    return tuple(chains.items()), tuple(elements)
+
+
 def render(desired: Desired) -> NftState:
     """The chains and elements for ``desired``."""
     state = NftState()
     el = state.elements
     for net in desired.networks:
-        br, quoted = net.bridge, f'"{net.bridge}"'
-        for v in (4, 6):
-            subnet, s = net.subnet_of(v), _SUFFIX[v]
-            if subnet is None:
-                continue
-            el["own" + s][f"{subnet} . {quoted}"] = None
-            if net.mode(v) == NAT:  # the other modes are for direct routing
-                el["subnets" + s][str(subnet)] = None
-                el["trusted" + s].update({f'{subnet} . "{name}"': None for name in net.trusted})
-            if net.masquerades(v):
-                el["masquerading" + s][str(subnet)] = None
-        # icc off: neighbour discovery still passes, as ARP does (rules.network_filter_rules)
-        intra = (f"iifname {quoted} accept",) if net.icc else () if net.internal else (
-            f"iifname {quoted} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} "
-            "accept",)
-        if net.internal:
-            state.chains[f"in-{br}"] = (*intra, "drop")
-            state.chains[f"out-{br}"] = (f"oifname != {quoted} drop",)
-            el["outbound"][quoted] = f"jump out-{br}"
-        else:
-            via_trusted = tuple(f"iifname {_names(net.trusted)} {port} accept"
-                                for port in _PORT) if net.trusted else ()
-            state.chains[f"in-{br}"] = ("ct state established,related accept",
-                                        *(f"ct status dnat {port} accept" for port in _PORT),
-                                        *via_trusted, *_opened(quoted, net), *intra, "drop")
-            el["bridges"][quoted] = None
-        el["inbound"][quoted] = f"jump in-{br}"
+        chains, elements = _network(net)
+        state.chains.update(chains)
+        for name, key, value in elements:
+            el[name][key] = value
     for p in desired.ports:
         ip, to, s = p.container_ip, f"{p.container_ip} . {p.port}", _SUFFIX[p.container_ip.version]
         if p.routed:
@@ -249,8 +267,7 @@ def delta_batch(table: str, old: NftState, new: NftState) -> str | None:
     lines: list[str] = []
     for name in SETS:
         before, after = old.elements[name], new.elements[name]
-        lines += _elements("delete", where, name, {k: v for k, v in before.items()
-                                                   if k not in after or after[k] != v})
+        lines += _elements("delete", where, name, dict(sorted(before.items() - after.items())))
     for name in old.chains.keys() - new.chains.keys():
         lines += [f"flush chain {where} {name}", f"delete chain {where} {name}"]
     for name, rules in new.chains.items():
@@ -263,15 +280,14 @@ def delta_batch(table: str, old: NftState, new: NftState) -> str | None:
         lines += [f"add rule {where} {name} {rule}" for rule in rules]
     for name in SETS:
         before, after = old.elements[name], new.elements[name]
-        lines += _elements("add", where, name, {k: v for k, v in after.items()
-                                                if k not in before or before[k] != v})
+        lines += _elements("add", where, name, dict(sorted(after.items() - before.items())))
     return "\n".join(lines) + "\n" if lines else None
 
 
 def _atom(value: Any, kind: str) -> str:
     if isinstance(value, dict) and "prefix" in value:
         return f"{value['prefix']['addr']}/{value['prefix']['len']}"
-    return f'"{value}"' if kind == "ifname" else str(value)
+    return f'"{value}"' if kind in ("ifname", "string") else str(value)  # string: typeof fib
 
 
 def _text(value: Any, kinds: list[str]) -> str:
@@ -316,11 +332,15 @@ def differences(objects: list[dict[str, Any]], state: NftState) -> str | None:
                  if name in chains and rules.get(name, 0) != count]
     problems += [f"chain {name} is not pynet's" for name in sorted(chains - wanted.keys())]
     listed = {o[kind]["name"]: o[kind] for o in objects for kind in ("set", "map") if kind in o}
+    problems += [f"{'map' if 'map' in listed[name] else 'set'} {name} is not pynet's"
+                 for name in sorted(listed.keys() - SETS.keys())]  # an earlier release's
     for name in SETS:
         if name not in listed:
             problems.append(f"{_kind(name)} {name} is missing")
         elif _listed_elements(listed[name]) != state.elements[name]:
             problems.append(f"{_kind(name)} {name} has other elements")
+    if len(problems) > MAX_PROBLEMS:  # a table from an earlier release differs everywhere
+        problems[MAX_PROBLEMS:] = [f"{len(problems) - MAX_PROBLEMS} more"]
     return "; ".join(problems) or None
 
 
@@ -375,6 +395,8 @@ class NFTables:
             batch = delta_batch(self.table, self._known, state)
             if batch is None:
                 return False
+            before = self._known
+            checked = self._verified is not None and self._verified[1] == before
             try:
                 self.nft.run(batch)
             except KernelError as exc:
@@ -382,7 +404,19 @@ class NFTables:
                 self._rewrite(state, f"a change failed ({exc})")
                 return True
             self._known = state
+            if checked:
+                self._carry_verified(before, state)
             return True
+
+    def _carry_verified(self, before: NftState, after: NftState) -> None:
+        """After a change from ``before`` to ``after`` of a table the periodic check had found
+        holding ``before``: if the ruleset's generation moved by one since, that was this
+        change (every transaction moves it by one), so the table holds ``after`` and the next
+        check need not list it. Without this, a host where networks come and go would list
+        the whole table at every check."""
+        gen = generation()
+        if self._verified == (gen - 1, before):  # the check runs unlocked: ask again
+            self._verified = (gen, after)
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """What a fresh read says must change, or None. Takes no lock: calls must not wait

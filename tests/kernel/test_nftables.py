@@ -86,6 +86,8 @@ def test_a_change_touches_only_its_network(nft: NFTables) -> None:
     "delete chain inet pynet-kt in-pn-kt-b",
     "delete element inet pynet-kt ports { \"pn-kt-a\" . 10.9.0.2 . tcp . 80 }",
     "flush chain inet pynet-kt raw",
+    "flush chain inet pynet-kt raw-pn-kt-a",
+    "delete element inet pynet-kt egress { \"pn-kt-a\" }",
 ])
 def test_damage_is_seen_and_repaired(nft: NFTables, damage: str) -> None:
     nft.apply(lambda: ALL)
@@ -104,6 +106,25 @@ def test_a_change_after_damage_rewrites_the_table(nft: NFTables) -> None:
     run(["nft", "delete", "table", "inet", TABLE])
     assert nft.apply(lambda: ALL)
     assert nft.repair_needed(lambda: ALL) is None
+
+
+def test_the_check_lists_the_table_only_after_someone_else_changed_it(
+        nft: NFTables, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynet's own change moves the ruleset's generation by one from a table the check found
+    in place: the next check knows what the table holds without listing it. Any other
+    transaction in between (here: another table) makes it list again."""
+    nft.apply(lambda: Desired(NETWORKS[:1], []))
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:1], [])) is None
+    assert nft.apply(lambda: ALL)
+    listed: list[str] = []
+    real = nft.nft.table
+    monkeypatch.setattr(nft.nft, "table", lambda *a: listed.append(a[1]) or real(*a))
+    assert nft.repair_needed(lambda: ALL) is None
+    assert listed == []
+    run(["nft", "add table inet pynet-kt-other"])
+    assert nft.apply(lambda: Desired(NETWORKS[:2], []))
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:2], [])) is None
+    assert listed == [TABLE]
 
 
 def test_remove_all(nft: NFTables) -> None:

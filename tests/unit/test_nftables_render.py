@@ -44,7 +44,35 @@ def test_internal_and_icc_off_drop_all_that_enters_and_leaves() -> None:
     assert state.chains["out-pn-b"] == ('oifname != "pn-b" drop',)
     assert state.elements["outbound"] == {'"pn-b"': "jump out-pn-b"}
     assert state.elements["bridges"] == {}  # no loopback NAT onto an internal bridge
-    assert state.elements["masquerading"] == {}
+    assert state.elements["egress"] == {} and "masq-pn-b" not in state.chains
+    # routing to its containers from elsewhere is still dropped before the forward drop
+    assert state.elements["protected"] == {'"pn-b"': "jump raw-pn-b"}
+
+
+def test_no_set_or_map_has_intervals() -> None:
+    """libnftables reads every interval set's elements before each change that adds one:
+    subnets are matched in the network's own chains, keys are bridges and addresses."""
+    from plugin.firewall.nftables import SETS
+    assert not [name for name, spec in SETS.items() if "interval" in spec]
+    state = render(Desired([A6, B], [PORT, PORT6]))
+    keys = [key for items in state.elements.values() for key in items]
+    assert not [key for key in keys if "/" in key]
+
+
+def test_direct_routing_and_masquerade_are_per_bridge_chains() -> None:
+    net = NetworkSpec("pn-a", ipaddress.IPv4Network("10.9.0.0/24"),
+                      subnet_v6=ipaddress.IPv6Network("fd09::/64"), trusted=("eth1",))
+    state = render(Desired([net], []))
+    assert state.chains["raw-pn-a"] == (
+        'iifname "pn-a" return',
+        'iifname { "eth1" } return',
+        "meta nfproto ipv4 fib daddr type != local drop",
+        "meta nfproto ipv6 fib daddr type != local drop")
+    assert state.chains["masq-pn-a"] == (
+        'oifname != "pn-a" ip saddr 10.9.0.0/24 masquerade',
+        'oifname != "pn-a" ip6 saddr fd09::/64 masquerade')
+    assert state.elements["protected"] == {'"pn-a"': "jump raw-pn-a"}
+    assert state.elements["egress"] == {'"pn-a"': "jump masq-pn-a"}
 
 
 def test_the_whole_table_is_replaced_in_one_transaction() -> None:
@@ -57,23 +85,23 @@ def test_the_whole_table_is_replaced_in_one_transaction() -> None:
 
 def listed() -> list[dict]:
     """A JSON listing as nft prints it for dual-stack network A with PORT and PORT6."""
-    chain = [{"chain": {"name": n}} for n in (*BASE_CHAINS, "in-pn-a")]
+    own = {"in-pn-a": 5, "raw-pn-a": 3, "masq-pn-a": 2}
+    chain = [{"chain": {"name": n}} for n in (*BASE_CHAINS, *own)]
     rules = [{"rule": {"chain": name}} for name, (_, body) in BASE_CHAINS.items()
-             for _ in body] + [{"rule": {"chain": "in-pn-a"}}] * 5
-    v4, v6 = {"addr": "10.9.0.0", "len": 24}, {"addr": "fd09::", "len": 64}
+             for _ in body] + [{"rule": {"chain": n}} for n, count in own.items()
+                               for _ in range(count)]
     sets = [
         {"set": {"name": "bridges", "type": "ifname", "elem": ["pn-a"]}},
         {"map": {"name": "inbound", "type": "ifname", "map": "verdict",
                  "elem": [["pn-a", {"jump": {"target": "in-pn-a"}}]]}},
         {"map": {"name": "outbound", "type": "ifname", "map": "verdict"}},
+        {"map": {"name": "protected", "type": "string", "map": "verdict",
+                 "elem": [["pn-a", {"jump": {"target": "raw-pn-a"}}]]}},
+        {"map": {"name": "egress", "type": "ifname", "map": "verdict",
+                 "elem": [["pn-a", {"jump": {"target": "masq-pn-a"}}]]}},
     ]
-    for s, a, prefix, ip in (("", "ipv4_addr", v4, "10.9.0.2"), ("6", "ipv6_addr", v6, "fd09::2")):
+    for s, a, ip in (("", "ipv4_addr", "10.9.0.2"), ("6", "ipv6_addr", "fd09::2")):
         sets += [
-            {"set": {"name": "subnets" + s, "type": a, "elem": [{"prefix": prefix}]}},
-            {"set": {"name": "own" + s, "type": [a, "ifname"],
-                     "elem": [{"concat": [{"prefix": prefix}, "pn-a"]}]}},
-            {"set": {"name": "trusted" + s, "type": [a, "ifname"]}},
-            {"set": {"name": "masquerading" + s, "type": a, "elem": [{"prefix": prefix}]}},
             {"set": {"name": "ports" + s, "type": ["ifname", a, "inet_proto", "inet_service"],
                      "elem": [{"concat": ["pn-a", ip, "tcp", 80]}]}},
             {"set": {"name": "routed" + s, "type": ["ifname", a, "inet_proto", "inet_service"]}},
@@ -103,8 +131,11 @@ def test_differences_name_what_is_missing_or_extra() -> None:
     assert differences(listed(), render(Desired([A6], [PORT]))) == \
         "set ports6 has other elements; set hairpin6 has other elements; " \
         "map port_any6 has other elements"
-    assert "set subnets6 has other elements" in (
+    assert "chain masq-pn-a has 2 rule(s), not 1" in (
         differences(listed(), render(Desired([A], [PORT, PORT6]))) or "")
+    earlier = [*listed(), {"set": {"name": "subnets", "type": "ipv4_addr"}}]
+    assert differences(earlier, render(Desired([A6], [PORT, PORT6]))) == \
+        "set subnets is not pynet's"
 
 
 def test_gateway_modes_are_per_family() -> None:
@@ -117,8 +148,8 @@ def test_gateway_modes_are_per_family() -> None:
     routed = PortSpec("pn-a", ipaddress.IPv4Address("10.9.0.2"), "tcp", 80, None, 0, routed=True)
     state = render(Desired([net], [routed, PORT6]))
     el = state.elements
-    assert el["subnets"] == el["subnets6"] == {}
-    assert el["masquerading"] == {} and el["masquerading6"] == {"fd09::/64": None}
+    assert "raw-pn-a" not in state.chains and el["protected"] == {}
+    assert state.chains["masq-pn-a"] == ('oifname != "pn-a" ip6 saddr fd09::/64 masquerade',)
     assert el["routed"] == {'"pn-a" . 10.9.0.2 . tcp . 80': None}
     assert el["ports"] == el["hairpin"] == el["port_any"] == {}
     assert el["port_any6"] == {"tcp . 8080": "fd09::2 . 80"}

@@ -47,7 +47,7 @@ class Teardown(Protocol):
 
     def teardown_endpoint(self, record: EndpointRecord) -> None: ...
 
-    def teardown_network(self, record: NetworkRecord) -> None: ...
+    def teardown_network(self, record: NetworkRecord, rules_gone: bool = False) -> None: ...
 
     def flush_conntrack(self, address: Address) -> None: ...
 
@@ -127,6 +127,6 @@ class Deletes:
             for endpoint in endpoints:
                 owner.teardown_endpoint(endpoint)
             for network in networks:
-                owner.teardown_network(network)
+                owner.teardown_network(network, rules_gone=True)
             while not self._unflushed.empty():
                 owner.flush_conntrack(self._unflushed.get())

@@ -78,13 +78,18 @@ class Epoch:
 
 def _overlap(config: NetworkConfig, req: protocol.CreateNetwork) -> str | None:
     """"<pool of req> overlaps <subnet of config>" (IPv4 first), or None."""
-    if req.ipv4 is not None and config.subnet is not None \
-            and config.subnet.overlaps(ipaddress.IPv4Network(req.ipv4.pool)):
-        return f"{req.ipv4.pool} overlaps {config.subnet}"
-    if req.ipv6 is not None and config.subnet_v6 is not None \
-            and config.subnet_v6.overlaps(ipaddress.IPv6Network(req.ipv6.pool)):
-        return f"{req.ipv6.pool} overlaps {config.subnet_v6}"
+    for subnet, ipam in ((config.subnet, req.ipv4), (config.subnet_v6, req.ipv6)):
+        if subnet is not None and ipam is not None and _overlaps(subnet, ipam.pool):
+            return f"{ipam.pool} overlaps {subnet}"
     return None
+
+
+def _overlaps(a: ipaddress.IPv4Network | ipaddress.IPv6Network,
+              b: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether two networks of one family share an address (``ipaddress``'s ``overlaps``
+    compares address objects: CreateNetwork asks this of every recorded network)."""
+    return int(a.network_address) <= int(b.broadcast_address) \
+        and int(b.network_address) <= int(a.broadcast_address)
 
 
 class Driver:
@@ -376,12 +381,16 @@ class Driver:
         """Finish every answered delete now (deletes.py)."""
         self.deletes.reap()
 
-    def teardown_network(self, record: NetworkRecord) -> None:
-        """Undo a network whatever state it reached; the record goes last."""
+    def teardown_network(self, record: NetworkRecord, rules_gone: bool = False) -> None:
+        """Undo a network whatever state it reached; the record goes last. ``rules_gone``:
+        the caller synced the firewall after the record was marked deleting (the reaper
+        does, once for everything it removes)."""
         if record.state != DELETING:
             record.state = DELETING
             self.store.put_network(record)
-        self.sync_firewall()
+            rules_gone = False
+        if not rules_gone:
+            self.sync_firewall()
         checkpoint("delete_network.rules_removed")
         if not record.preexisting:  # a user's bridge stays, with its address, as Docker does
             self._deleter.delete(record.bridge)

@@ -21,6 +21,7 @@ needs forwarding to be decided by its table alone, and dockerd's iptables backen
 FORWARD policy to DROP (run once per dockerd firewall backend for the full picture).
 
     .venv/bin/python scripts/scale.py [--counts 1,100,1000] [--mib N] [--json FILE]
+        [--columns bridge,floor,pynet-iptables,pynet-nftables]
 """
 
 import argparse
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=512, help="MiB per throughput sample")
     parser.add_argument("--pings", type=int, default=200, help="pings per RTT sample")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    parser.add_argument("--columns", help="only these columns (comma-separated labels)")
     args = parser.parse_args(argv)
     counts = sorted({int(c) for c in args.counts.split(",")})
 
@@ -240,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     labels = [BRIDGE, FLOOR, "pynet-iptables"]
     if firewall_backend() == "nftables":
         labels.append("pynet-nftables")
+    if args.columns:
+        unknown = set(args.columns.split(",")) - set(labels)
+        if unknown:
+            raise SystemExit(f"scale: no column {', '.join(sorted(unknown))} on this dockerd "
+                             f"(it has {', '.join(labels)})")
+        labels = [label for label in labels if label in args.columns.split(",")]
     subnets = Subnets(str(POOL), PREFIX)
     if ipaddress.IPv4Network(POOL).num_addresses >> (32 - PREFIX) < len(labels) * (
             counts[-1] + SAMPLES * len(counts) + 1):

@@ -10,10 +10,13 @@ the keys are bridge names and exact addresses, and a subnet appears only in its 
 own chains.
 
 * ``raw`` (prerouting, raw priority): loopback sources and destinations on a bridge are dropped;
-  ``fib daddr oifname vmap @protected`` jumps to ``raw-<BR>`` for a packet the host would route
-  into a network's bridge (for its subnet, or its broadcast), which lets through what comes
-  from the bridge, from a trusted host interface or is for a host address, and drops the rest
-  (routing to the containers directly).
+  ``fib daddr oifname vmap @protected`` jumps to ``raw-<BR>`` for a packet the host's main
+  routing would send into a network's bridge, which lets through what comes from the bridge
+  or a trusted host interface, and drops the rest if it is for the network's subnet and not
+  for a host address (routing to the containers directly). The subnet is matched in the
+  bridge's chain: the bridge alone would also catch prefixes routed via a container (a VPN
+  container's clients) and, for IPv6, multicast of site or global scope, which the fib
+  lookup may resolve to any interface's ``ff00::/8`` route.
 * ``forward`` (filter priority): ``oifname vmap @inbound`` jumps to ``in-<BR>``: replies,
   DNATed connections to a published port (set ``@ports``), trusted interfaces to a published
   port, what the gateway mode opens (below), the bridge's own traffic if icc; everything else
@@ -171,7 +174,7 @@ def _network(net: NetworkSpec) -> tuple[tuple[tuple[str, tuple[str, ...]], ...],
     br, quoted = net.bridge, f'"{net.bridge}"'
     chains: dict[str, tuple[str, ...]] = {}
     elements: list[tuple[str, str, str | None]] = []
-    guarded = tuple(f"meta nfproto {_NFPROTO[v]} fib daddr type != local drop"
+    guarded = tuple(f"{_IP[v]} daddr {net.subnet_of(v)} fib daddr type != local drop"
                     for v in (4, 6) if net.subnet_of(v) is not None and net.mode(v) == NAT)
     if guarded:  # the other modes are for direct routing
         trusted = (f"iifname {_names(net.trusted)} return",) if net.trusted else ()
@@ -414,7 +417,10 @@ class NFTables:
         change (every transaction moves it by one), so the table holds ``after`` and the next
         check need not list it. Without this, a host where networks come and go would list
         the whole table at every check."""
-        gen = generation()
+        try:
+            gen = generation()
+        except KernelError:
+            return  # the change is written; the next check lists the table
         if self._verified == (gen - 1, before):  # the check runs unlocked: ask again
             self._verified = (gen, after)
 

@@ -66,8 +66,8 @@ def test_direct_routing_and_masquerade_are_per_bridge_chains() -> None:
     assert state.chains["raw-pn-a"] == (
         'iifname "pn-a" return',
         'iifname { "eth1" } return',
-        "meta nfproto ipv4 fib daddr type != local drop",
-        "meta nfproto ipv6 fib daddr type != local drop")
+        "ip daddr 10.9.0.0/24 fib daddr type != local drop",
+        "ip6 daddr fd09::/64 fib daddr type != local drop")
     assert state.chains["masq-pn-a"] == (
         'oifname != "pn-a" ip saddr 10.9.0.0/24 masquerade',
         'oifname != "pn-a" ip6 saddr fd09::/64 masquerade')

@@ -38,7 +38,10 @@ The layout, per network (``BR`` its bridge):
   exists (20.10, 28): dockerd evaluates it before any rule of its bridges, so what leaves a
   pynet bridge for another one goes through Docker's stage 2 (which drops it for Docker's
   bridges) unless it is a DNATed connection to a published port; what leaves an internal
-  network is dropped there too.
+  network is dropped there too. On 20.10 that jump comes before ``<P>-FORWARD``'s, so the chain
+  starts by returning established connections into pynet-named bridges (their first packet
+  passed it, and stage 2 drops only what enters Docker's bridges): else every packet would
+  walk every network's rule there.
 * nat: DNAT for published ports (for every source: pynet has no docker-proxy), masquerade.
   ``PREROUTING`` skips 127.0.0.0/8, so only the host itself reaches a port via loopback.
 
@@ -275,7 +278,9 @@ def _prefixed(bridge: str) -> bool:
 # The top of <P>-FORWARD and <P>-RAW: what they decide for all bridges named pn-*. Only what
 # enters them: what leaves them for elsewhere goes through dockerd's rules (its internal
 # networks drop replies to them) before <P>-EGRESS accepts it.
-FORWARD_HEAD = [f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+_ESTABLISHED = f"-o {ANY_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED"
+FORWARD_HEAD = [f"{_ESTABLISHED} -j ACCEPT"]
+ISOLATION_HEAD = [f"{_ESTABLISHED} -j RETURN"]  # see the module docstring
 
 
 def loopback(family: int) -> str:
@@ -420,7 +425,7 @@ def render(c: Chains, networks: list[NetworkSpec], ports: list[PortSpec],
     forward: list[str] = [rule for net in networks if net.internal
                           for rule in internal_drops(net)] + FORWARD_HEAD
     egress: list[str] = []
-    isolation: list[str] = []
+    isolation: list[str] = list(ISOLATION_HEAD)
     raw: list[str] = raw_head(family)
     filter_ports: list[str] = []
     dnat: list[str] = []

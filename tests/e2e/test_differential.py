@@ -34,7 +34,7 @@ from lab import (
     wait_for,
 )
 from plugin.config import Settings
-from plugin.firewall.rules import FORWARD_HEAD, RAW_HEAD, Chains
+from plugin.firewall.rules import FORWARD_HEAD, ISOLATION_HEAD, RAW_HEAD, Chains
 from tests.e2e.consistency import wait_reaped
 from tests.e2e.differential import (
     DOCKER,
@@ -388,7 +388,8 @@ def installed_lines(prefix: str, stages: bool) -> set[str]:
     (``stages``: dockerd keeps isolation stage chains, which pynet hooks into)."""
     c = Chains(prefix)
     stage = {f"+ filter :{c.isolation} -",
-             f"+ filter -A DOCKER-ISOLATION-STAGE-1 -j {c.isolation}"} if stages else set()
+             f"+ filter -A DOCKER-ISOLATION-STAGE-1 -j {c.isolation}",
+             *(f"+ filter -A {c.isolation} {rule}" for rule in ISOLATION_HEAD)} if stages else set()
     heads = {f"+ filter -A {c.forward} {rule}" for rule in FORWARD_HEAD} | \
         {f"+ raw -A {c.raw} {rule}" for rule in RAW_HEAD}
     return stage | heads | {

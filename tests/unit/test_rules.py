@@ -24,6 +24,7 @@ from plugin.firewall.iptables import (
 )
 from plugin.firewall.rules import (
     FORWARD_HEAD,
+    ISOLATION_HEAD,
     RAW_HEAD,
     Chains,
     NetworkSpec,
@@ -220,7 +221,7 @@ def test_every_option_combination(internal: bool, icc: bool, masquerade: bool,
             "-p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.231.130.2:80"]
     isolation = ("-i pt-br0 ! -o pt-br0 -j DROP" if internal else
                  "-i pt-br0 ! -o pt-br0 -m conntrack ! --ctstate DNAT -j DOCKER-ISOLATION-STAGE-2")
-    assert f.get("PT-ISOLATION") == ([isolation] if docker_stages else None)
+    assert f.get("PT-ISOLATION") == (ISOLATION_HEAD + [isolation] if docker_stages else None)
     assert rules.hooks == hooks(C, docker_stages)
 
 
@@ -296,7 +297,7 @@ def test_oldest_network_comes_first_after_the_shared_head() -> None:
 @pytest.mark.parametrize("docker_stages", [True, False])
 def test_no_networks_leave_every_chain_empty(docker_stages: bool) -> None:
     rules = render(C, [], [], docker_stages)
-    heads = {"PT-FORWARD": FORWARD_HEAD, "PT-RAW": RAW_HEAD}
+    heads = {"PT-FORWARD": FORWARD_HEAD, "PT-RAW": RAW_HEAD, "PT-ISOLATION": ISOLATION_HEAD}
     assert all(r == heads.get(chain, []) for table in rules.chains.values()
                for chain, r in table.items())
     assert rules.hooks == hooks(C, docker_stages)

@@ -8,8 +8,11 @@ network's rules, Docker inserts them on top), puts a server (TCP sink and echo, 
 published) and a client on it, then grows the driver's networks to each count with empty
 networks and measures at every step: container-to-container TCP throughput and ping RTT,
 host-to-published-port throughput and RTT, and the time of network create and rm (an extra
-network, made and removed a few times). A column's networks are removed before the next one
-starts. The table gives every figure and its ratio to the same column's 1-network figure.
+network, made and removed a few times). Then the grown networks are removed and the first
+count is measured again ("first again"): this VM's data-plane figures drift between minutes of one
+run, and a ratio means something only where the first count's two figures agree. A column's
+networks are removed before the next one starts. The table gives every figure and its ratio to
+the same column's first figure.
 
 The ``floor`` column is the benchmark's floor remote driver (``lab/bench/floor.py``: answers at
 once, no bridge, no rules) grown the same way: its create and rm are what dockerd spends by
@@ -68,6 +71,7 @@ from lab.bench.resources import Lab, host_address, timed  # noqa: E402
 PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
 SAMPLES = 5  # network create/rm samples per step
 PARALLEL = 8  # growth and clean-up run this many docker commands at once
+AGAIN = "first again"  # the step after the growth is removed
 FLOOR = "floor"  # the floor remote driver's column: create and rm only
 FIGURES = {  # key: (label, unit, higher is better)
     "tput_c2c": ("TCP throughput container -> container", "MB/s", True),
@@ -119,6 +123,7 @@ class Column:
         wait_for("the sink", lambda: answers(self.server_ip, SINK_PORT), timeout=30)
         wait_for("the published port", lambda: echoes(self.host_ip, self.echo_port),
                  timeout=30)
+        self.links = len(instance_links(self.driver))  # none but pynet's have an alias
 
     def grow(self, count: int) -> None:
         """Empty networks of the column's driver until it has ``count``."""
@@ -127,6 +132,17 @@ class Column:
             list(pool.map(lambda _: self.lab.create_network(self.driver, self.lab.name("g")),
                           range(needed)))
         self.made = count
+
+    def shrink(self) -> None:
+        """Remove the grown networks: only the measured one is left."""
+        grown = [n for n in self.lab.networks() if n.startswith(f"pb-{self.lab.tag}-g")]
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(lambda n: docker("network", "rm", n), grown))
+        self.made = 1
+        if self.label != FLOOR:  # pynet removes bridges and rules just after its answers
+            wait_for("the grown networks' bridges to go",
+                     lambda: len(instance_links(self.driver)) <= self.links,
+                     timeout=300, interval=0.5)
 
     def measure(self) -> dict[str, float]:
         """Every figure, once (medians inside each probe and over the change samples)."""
@@ -186,39 +202,49 @@ def column_driver(label: str) -> Iterator[tuple[str, Instance | None]]:
 
 
 def run_column(label: str, counts: list[int], subnets: Subnets, mib: int, pings: int,
-               log: Callable[[str], None]) -> dict[int, dict[str, float]]:
-    """Every step of one column."""
+               log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Every step of one column, keyed by step name (``steps``)."""
     lab = Lab(subnets)
-    out: dict[int, dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     with column_driver(label) as (driver, _inst):
         try:
             column = Column(label, driver, lab, mib, pings)
             column.start()
             for count in counts:
                 column.grow(count)
-                out[count] = column.measure()
-                log(f"{label}: {count} network(s): {out[count]}")
+                out[str(count)] = column.measure()
+                log(f"{label}: {count} network(s): {out[str(count)]}")
+            if len(counts) > 1:
+                column.shrink()
+                out[AGAIN] = column.measure()
+                log(f"{label}: {AGAIN}: {out[AGAIN]}")
         finally:
             remove_everything(lab)
     return out
 
 
-def table(results: dict[str, dict[int, dict[str, float]]], counts: list[int]) -> str:
-    """One row per figure and count, one column per driver: value (ratio to 1 network)."""
+def steps(counts: list[int]) -> list[str]:
+    """The measured steps: each count, then the first again (after the growth is removed)."""
+    return [str(c) for c in counts] + ([AGAIN] if len(counts) > 1 else [])
+
+
+def table(results: dict[str, dict[str, dict[str, float]]], counts: list[int]) -> str:
+    """One row per figure and step, one column per driver: value (ratio to the first)."""
+    first = str(counts[0])
     labels = list(results)
     lines = [f"| figure | networks | {' | '.join(labels)} |",
              "|---|---|" + "---|" * len(labels)]
     for key, (name, unit, _) in FIGURES.items():
-        for count in counts:
+        for step in steps(counts):
             cells = []
             for label in labels:
-                if key not in results[label][count]:
+                if key not in results[label][step]:
                     cells.append("—")  # the floor's networks carry no traffic
                     continue
-                value, base = results[label][count][key], results[label][counts[0]][key]
-                ratio = f" ({value / base:.2f}×)" if count != counts[0] and base else ""
+                value, base = results[label][step][key], results[label][first][key]
+                ratio = f" ({value / base:.2f}×)" if step != first and base else ""
                 cells.append(f"{value:.0f}{ratio}" if value >= 100 else f"{value:.1f}{ratio}")
-            lines.append(f"| {name}{f' ({unit})' if unit else ''} | {count} | "
+            lines.append(f"| {name}{f' ({unit})' if unit else ''} | {step} | "
                          f"{' | '.join(cells)} |")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugin import protocol
+from plugin.hashing import HashedOnce
 from plugin.options import ISOLATED, NAT
 
 CONFIG_VERSION = 2  # 2: gateway modes (a version-1 record means nat for both families)
@@ -19,8 +20,10 @@ DEFAULT_GATEWAY_AUX = "DefaultGatewayIPv4"  # --aux-address DefaultGatewayIPv4=.
 
 
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(HashedOnce):
     """Everything pynet builds a network from."""
+
+    __hash__ = HashedOnce.hash_once
 
     subnet: ipaddress.IPv4Network | None  # None: an IPv6-only network
     gateway: ipaddress.IPv4Interface | None  # the bridge's address

@@ -65,10 +65,13 @@ published port is reset (Docker relays it with its docker-proxy; pynet has none,
 ``ports``).
 """
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from plugin.hashing import HashedOnce
+from plugin.netconfig import NetworkConfig
 from plugin.options import NAT, NAT_UNPROTECTED, ROUTED
 from plugin.store import DELETING, EndpointRecord, NetworkRecord
 
@@ -154,8 +157,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(HashedOnce):
     """What the rules of one network depend on."""
+
+    __hash__ = HashedOnce.hash_once
 
     bridge: str
     subnet: ipaddress.IPv4Network | None  # None: an IPv6-only network
@@ -204,6 +209,16 @@ class Desired:
     ports: list[PortSpec]
 
 
+@functools.lru_cache(maxsize=8192)
+def _network_spec(bridge: str, config: NetworkConfig) -> NetworkSpec:
+    """A network's spec, one object per configuration: the store keeps each network's
+    configuration object, so every change hands the backends the same spec objects, which
+    their caches find by identity (``nftables._network``)."""
+    return NetworkSpec(bridge, config.subnet, config.internal, config.enable_icc,
+                       config.enable_ip_masquerade, config.trusted_host_interfaces,
+                       config.subnet_v6, (config.gateway_mode_ipv4, config.gateway_mode_ipv6))
+
+
 def desired_from_records(networks: list[NetworkRecord],
                          endpoints: list[EndpointRecord]) -> Desired:
     """The firewall's input, from the records (those being deleted drop out)."""
@@ -216,10 +231,7 @@ def desired_from_records(networks: list[NetworkRecord],
         if network.state == DELETING:
             continue
         config = network.config
-        specs.append(NetworkSpec(network.bridge, config.subnet, config.internal,
-                                 config.enable_icc, config.enable_ip_masquerade,
-                                 config.trusted_host_interfaces, config.subnet_v6,
-                                 (config.gateway_mode_ipv4, config.gateway_mode_ipv6)))
+        specs.append(_network_spec(network.bridge, config))
         for endpoint in endpoints_of.get(network.id, []):
             for p in endpoint.ports:
                 host_ip = ipaddress.ip_address(p.host_ip)

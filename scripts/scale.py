@@ -17,7 +17,10 @@ the same column's first figure.
 The ``floor`` column is the benchmark's floor remote driver (``lab/bench/floor.py``: answers at
 once, no bridge, no rules) grown the same way: its create and rm are what dockerd spends by
 itself at each count, which no remote driver goes below, so a driver's own growth is its
-figure's growth above the floor's. It has no data plane.
+figure's growth above the floor's. dockerd's own calls slow down as the host's interfaces and
+routes grow, so each of the floor's grown networks gets a stand-in bridge (made by this script
+with the network's gateway address, as a driver's bridge has); the timed extra network gets
+none. It has no data plane.
 
 Only a host where dockerd runs its nftables backend has all columns: pynet's nftables backend
 needs forwarding to be decided by its table alone, and dockerd's iptables backend sets the
@@ -38,6 +41,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+from pyroute2 import IPRoute
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # scripts/ is not a package; the lab package lives beside it
@@ -66,7 +71,7 @@ from lab.bench.probes import (  # noqa: E402
     throughput_host,
 )
 from lab.bench.pynet_side import bench_instance, machine  # noqa: E402
-from lab.bench.resources import Lab, host_address, timed  # noqa: E402
+from lab.bench.resources import Lab, Net, host_address, timed  # noqa: E402
 
 PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
 SAMPLES = 5  # network create/rm samples per step
@@ -103,6 +108,7 @@ class Column:
         self.mib, self.pings = mib, pings
         self.made = 0
         self.host_ip = host_address()
+        self.stand_ins = StandIns(lab.tag)
 
     def start(self) -> None:
         """The measured network, first of the column's, with its server and client (the
@@ -126,11 +132,17 @@ class Column:
         self.links = len(instance_links(self.driver))  # none but pynet's have an alias
 
     def grow(self, count: int) -> None:
-        """Empty networks of the column's driver until it has ``count``."""
+        """Empty networks of the column's driver until it has ``count`` (the floor's with
+        their stand-in bridges)."""
         needed = count - self.made
         with ThreadPoolExecutor(PARALLEL) as pool:
-            list(pool.map(lambda _: self.lab.create_network(self.driver, self.lab.name("g")),
-                          range(needed)))
+            made = list(pool.map(
+                lambda _: self.lab.create_network(self.driver, self.lab.name("g"))[0],
+                range(needed)))
+        if self.label == FLOOR:
+            with IPRoute() as ipr:
+                for net in made:
+                    self.stand_ins.add(ipr, net)
         self.made = count
 
     def shrink(self) -> None:
@@ -138,6 +150,7 @@ class Column:
         grown = [n for n in self.lab.networks() if n.startswith(f"pb-{self.lab.tag}-g")]
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(lambda n: docker("network", "rm", n), grown))
+        self.stand_ins.remove()
         self.made = 1
         if self.label != FLOOR:  # pynet removes bridges and rules just after its answers
             wait_for("the grown networks' bridges to go",
@@ -163,6 +176,31 @@ class Column:
         if self.label != FLOOR:
             fig["rules"] = float(firewall_size())
         return fig
+
+
+class StandIns:
+    """The floor column's stand-in bridges, ``pbf<tag>-<n>``: up, with their network's
+    gateway address (so the host has its route), no ports."""
+
+    def __init__(self, tag: str) -> None:
+        self.prefix = f"pbf{tag}-"
+        self.names: list[str] = []
+
+    def add(self, ipr: IPRoute, net: Net) -> None:
+        name = f"{self.prefix}{len(self.names)}"
+        ipr.link("add", ifname=name, kind="bridge")
+        self.names.append(name)
+        index = ipr.link_lookup(ifname=name)[0]
+        ipr.addr("add", index=index, address=net.host(1), prefixlen=net.subnet.prefixlen)
+        ipr.link("set", index=index, state="up")
+
+    def remove(self) -> None:
+        """Delete every stand-in this run made (also those of a failed ``add``)."""
+        with IPRoute() as ipr:
+            for name in self.names:
+                for index in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=index)
+        self.names = []
 
 
 def remove_everything(lab: Lab) -> None:
@@ -207,8 +245,8 @@ def run_column(label: str, counts: list[int], subnets: Subnets, mib: int, pings:
     lab = Lab(subnets)
     out: dict[str, dict[str, float]] = {}
     with column_driver(label) as (driver, _inst):
+        column = Column(label, driver, lab, mib, pings)
         try:
-            column = Column(label, driver, lab, mib, pings)
             column.start()
             for count in counts:
                 column.grow(count)
@@ -220,6 +258,7 @@ def run_column(label: str, counts: list[int], subnets: Subnets, mib: int, pings:
                 log(f"{label}: {AGAIN}: {out[AGAIN]}")
         finally:
             remove_everything(lab)
+            column.stand_ins.remove()
     return out
 
 

@@ -68,3 +68,5 @@ def test_scale_smoke_reports_every_column_and_cleans_up(dockerd: None, tmp_path:
     left = run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert not [name for name in left if name.startswith("pb-")]
     assert not run(["docker", "ps", "-aq", "--filter", "name=pb-"]).stdout.strip()
+    assert not [link for link in run(["ip", "-o", "link"]).stdout.split("\n")
+                if ": pbf" in link]  # the floor's stand-in bridges

@@ -152,6 +152,8 @@ class Store:
         self.path = path
         self._lock = threading.Lock()
         self._networks: dict[str, tuple[str, NetworkRecord]] = {}  # id -> (text, decoded)
+        # PRAGMA data_version when _networks last held every network (see networks()).
+        self._listed: int | None = None
 
     def close(self) -> None:
         """Close the database."""
@@ -183,9 +185,11 @@ class Store:
         return str(self._db.execute("PRAGMA database_list").fetchone()[2])
 
     @contextmanager
-    def _tx(self, flushed: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(self, flushed: bool = True, network: str | None = None
+            ) -> Iterator[sqlite3.Connection]:
         """A write transaction; ``flushed``: on disk, not just in the page cache, at commit
-        (see the module's docstring for which records need that)."""
+        (see the module's docstring for which records need that). ``network``: the id of the
+        network it writes, read back into the cache after the commit (see networks())."""
         with self._lock:
             if flushed != self._flushed:  # only allowed outside a transaction, as here
                 self._db.execute(f"PRAGMA synchronous={'FULL' if flushed else 'NORMAL'}")
@@ -197,6 +201,13 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            if network is not None:
+                row = self._db.execute("SELECT id, data FROM networks WHERE id = ?",
+                                       (network,)).fetchone()
+                if row is None:
+                    self._networks.pop(network, None)
+                else:
+                    self._decode_network(row)
 
     def put_network(self, record: NetworkRecord) -> None:
         """Insert or update a network; refuses a bridge name another network holds. Only the
@@ -204,7 +215,7 @@ class Store:
         outlive a power cut either, and the ``ready`` write flushes it along."""
         data = json.dumps({**asdict(record), "config": record.config.to_json()})
         try:
-            with self._tx(flushed=record.state != CREATING) as db:
+            with self._tx(flushed=record.state != CREATING, network=record.id) as db:
                 db.execute(
                     "INSERT INTO networks (id, bridge, state, data) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET bridge=excluded.bridge, "
@@ -230,14 +241,24 @@ class Store:
                          self._decode_network)
 
     def networks(self) -> list[NetworkRecord]:
-        """Every network."""
-        return self._all("SELECT id, data FROM networks ORDER BY rowid", (), self._decode_network)
+        """Every network, oldest first. Every firewall change asks, so the list is kept: it
+        is read from the database again only after another connection (``pynet forget``,
+        another process) committed, which moves SQLite's data_version; this connection's
+        own writes update it as they commit (``_tx``)."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._listed:
+                rows = self._db.execute("SELECT id, data FROM networks ORDER BY rowid").fetchall()
+                self._networks = {}
+                for row in rows:
+                    self._decode_network(row)
+                self._listed = version
+            return [_copy(record) for _, record in self._networks.values()]
 
     def delete_network(self, network_id: str) -> None:
         """Forget a network (its endpoints must be gone already)."""
-        with self._tx() as db:
+        with self._tx(network=network_id) as db:
             db.execute("DELETE FROM networks WHERE id = ?", (network_id,))
-            self._networks.pop(network_id, None)
 
     def put_endpoint(self, record: EndpointRecord) -> None:
         """Insert or update an endpoint."""
@@ -255,7 +276,8 @@ class Store:
         concurrent update of the record is never overwritten. True if the record exists."""
         if table not in ("networks", "endpoints"):
             raise ValueError(f"no table {table!r}")
-        with self._tx(flushed=table == "networks") as db:
+        with self._tx(flushed=table == "networks",
+                      network=object_id if table == "networks" else None) as db:
             done = db.execute(f"UPDATE {table} SET state = ?, data = json_set(data, '$.state', ?)"
                               " WHERE id = ?", (DELETING, DELETING, object_id))
         return done.rowcount > 0
@@ -263,7 +285,7 @@ class Store:
     def mark_network_deleting(self, network_id: str) -> bool:
         """Flag a network and every endpoint it still has for the reaper, in one transaction
         (a DeleteNetwork, or ``pynet forget``). True if the network exists."""
-        with self._tx() as db:
+        with self._tx(network=network_id) as db:
             db.execute("UPDATE endpoints SET state = ?, data = json_set(data, '$.state', ?) "
                        "WHERE network_id = ?", (DELETING, DELETING, network_id))
             done = db.execute("UPDATE networks SET state = ?, data = json_set(data, '$.state', "
@@ -272,7 +294,7 @@ class Store:
 
     def mark_confirmed(self, network_id: str, when: float) -> None:
         """Note that dockerd named the network at ``when`` (one field: see mark_deleting)."""
-        with self._tx(flushed=False) as db:
+        with self._tx(flushed=False, network=network_id) as db:
             db.execute("UPDATE networks SET data = json_set(data, '$.confirmed', ?) WHERE id = ?",
                        (when, network_id))
 
@@ -309,20 +331,24 @@ class Store:
             return [decode(row) for row in self._db.execute(sql, args).fetchall()]
 
     def _decode_network(self, row: tuple[str, str]) -> NetworkRecord:
-        """The network in ``row`` (id, stored text): every firewall render reads every network,
-        and a copy of the decoded record costs a fraction of decoding it again. One entry per
+        """The network in ``row`` (id, stored text), from the cache unless its text changed:
+        a copy of the decoded record costs a fraction of decoding it again. One entry per
         network, dropped with it. Callers get their own copy: they change its state before
-        writing it back (the config is immutable): a shallow copy of its attributes, cheaper
-        than building it again through ``__init__``."""
+        writing it back (the config is immutable)."""
         network_id, text = row
         cached = self._networks.get(network_id)
         if cached is None or cached[0] != text:
             data = _current(network_id, json.loads(text))
             data["config"] = NetworkConfig.from_json(data["config"])
             cached = self._networks[network_id] = (text, NetworkRecord(**data))
-        copy = object.__new__(NetworkRecord)
-        copy.__dict__.update(cached[1].__dict__)
-        return copy
+        return _copy(cached[1])
+
+
+def _copy(record: NetworkRecord) -> NetworkRecord:
+    """A shallow copy: its attributes, without building it again through ``__init__``."""
+    copy = object.__new__(NetworkRecord)
+    copy.__dict__.update(record.__dict__)
+    return copy
 
 
 # Options the release that kept requests (schema 0) accepted and ignored: its networks were

@@ -60,6 +60,42 @@ def test_a_deleted_network_leaves_nothing_cached(store: Store) -> None:
     assert store.networks() == [] and store._networks == {}
 
 
+def test_the_kept_list_follows_this_connections_writes(store: Store) -> None:
+    """networks() keeps its list between calls; every write of this store shows in it,
+    as the database has it (a marked delete survives a stale write), oldest first."""
+    for i in range(3):
+        store.put_network(network(f"n{i}", f"pn-n{i}"))
+    assert [n.id for n in store.networks()] == ["n0", "n1", "n2"]
+    stale = store.networks()[1]
+    assert store.mark_network_deleting("n1")
+    stale.state = READY
+    store.put_network(stale)
+    store.mark_confirmed("n2", 5.0)
+    store.delete_network("n0")
+    store.put_network(network("n3", "pn-n3"))
+    assert [(n.id, n.state, n.confirmed) for n in store.networks()] == [
+        ("n1", DELETING, 0.0), ("n2", "creating", 5.0), ("n3", "creating", 0.0)]
+    assert store.mark_deleting("networks", "n2")
+    assert [n.state for n in store.networks()] == [DELETING, DELETING, "creating"]
+
+
+def test_the_kept_list_sees_another_connections_writes(tmp_path: Path) -> None:
+    """``pynet forget`` and other processes write through connections of their own."""
+    mine, theirs = Store(str(tmp_path)), Store(str(tmp_path))
+    try:
+        mine.put_network(network("n1", "pn-n1"))
+        assert [n.id for n in mine.networks()] == ["n1"]
+        theirs.put_network(network("n2", "pn-n2"))
+        theirs.mark_network_deleting("n1")
+        assert [(n.id, n.state) for n in mine.networks()] == [("n1", DELETING),
+                                                             ("n2", "creating")]
+        theirs.delete_network("n1")
+        assert [n.id for n in mine.networks()] == ["n2"]
+    finally:
+        mine.close()
+        theirs.close()
+
+
 def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> None:
     store.put_endpoint(endpoint())
     assert synchronous(store) == "NORMAL"

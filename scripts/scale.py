@@ -109,6 +109,7 @@ class Column:
         self.made = 0
         self.host_ip = host_address()
         self.stand_ins = StandIns(lab.tag)
+        self.links = 0  # pynet's links once the measured network is up (see shrink)
 
     def start(self) -> None:
         """The measured network, first of the column's, with its server and client (the
@@ -129,7 +130,7 @@ class Column:
         wait_for("the sink", lambda: answers(self.server_ip, SINK_PORT), timeout=30)
         wait_for("the published port", lambda: echoes(self.host_ip, self.echo_port),
                  timeout=30)
-        self.links = len(instance_links(self.driver))  # none but pynet's have an alias
+        self.links = len(instance_links(self.driver))  # only pynet's carry its alias
 
     def grow(self, count: int) -> None:
         """Empty networks of the column's driver until it has ``count`` (the floor's with

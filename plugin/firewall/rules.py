@@ -213,7 +213,7 @@ class Desired:
 def _network_spec(bridge: str, config: NetworkConfig) -> NetworkSpec:
     """A network's spec, one object per configuration: the store keeps each network's
     configuration object, so every change hands the backends the same spec objects, which
-    their caches find by identity (``nftables._network``)."""
+    their per-network caches (``nftables._network``) match without comparing fields."""
     return NetworkSpec(bridge, config.subnet, config.internal, config.enable_icc,
                        config.enable_ip_masquerade, config.trusted_host_interfaces,
                        config.subnet_v6, (config.gateway_mode_ipv4, config.gateway_mode_ipv6))

@@ -11,20 +11,20 @@ the two questions libnftables answers slowly (see ``tables`` and ``generation``)
 
 import ctypes
 import json
+import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.nfnetlink.nftsocket import (  # type: ignore[import-untyped]
-    NFT_MSG_GETGEN,
-    nfgen_msg,
-)
 from pyroute2.nftables.main import NFTables as PyrouteNFTables  # type: ignore[import-untyped]
 
 from plugin.errors import KernelError
 
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON in <nftables/libnftables.h>
+_NETLINK_NETFILTER = 12  # <linux/netlink.h>
 LIBRARY = "libnftables.so.1"
 
 
@@ -120,8 +120,32 @@ def tables(family: str) -> list[str]:
             if t["nfgen_family"] == number]
 
 
+# NFT_MSG_GETGEN (nftables subsystem 10, message 16) as a bare request: every change asks
+# for the generation (NFTables._carry_verified), and building a pyroute2 socket for it would
+# cost more than the rest of a small change's Python.
+_GETGEN = (10 << 8) | 16
+_NLMSG_ERROR = 2
+_NFTA_GEN_ID = 1
+
+
 def generation() -> int:
     """The nftables ruleset's generation: unchanged means no table changed."""
-    replies = _netlink(lambda s: s.request_get(nfgen_msg(), NFT_MSG_GETGEN))
-    return int(replies[0].get_attr("NFTA_GEN_ID"))
-
+    header = struct.Struct("=IHHII")  # struct nlmsghdr
+    request = header.pack(header.size + 4, _GETGEN, 1, 1, 0) + bytes(4)  # NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.send(request)
+            reply = sock.recv(4096)
+    except OSError as exc:
+        raise KernelError(f"nftables netlink request for the generation failed: {exc}") from exc
+    _length, kind, _flags, _seq, _pid = header.unpack_from(reply)
+    if kind == _NLMSG_ERROR:
+        code = -struct.unpack_from("=i", reply, header.size)[0]
+        raise KernelError(f"nftables generation: {os.strerror(code)}")
+    at = header.size + 4  # past struct nfgenmsg
+    while at + 4 <= len(reply):
+        size, attribute = struct.unpack_from("=HH", reply, at)
+        if attribute & 0x3FFF == _NFTA_GEN_ID:
+            return int(struct.unpack_from(">I", reply, at + 4)[0])
+        at += (size + 3) & ~3
+    raise KernelError("nftables generation: the kernel's answer has no NFTA_GEN_ID")

@@ -62,6 +62,7 @@ from plugin.firewall.rules import (
     LOOPBACK_V6,
     Desired,
     NetworkSpec,
+    PortSpec,
 )
 from plugin.options import NAT, NAT_UNPROTECTED, ROUTED
 
@@ -89,6 +90,8 @@ SETS: dict[str, str] = {
     **{name + _SUFFIX[v]: spec.format(a=f"ipv{v}_addr")
        for v in (4, 6) for name, spec in _ADDRESS_SETS.items()},
 }
+OWN_KEPT = 4096  # pynet's own transactions remembered by generation (NFTables._own)
+_PORT_SETS = tuple(name + _SUFFIX[v] for v in (4, 6) for name in _ADDRESS_SETS)
 
 
 def _twins(*rules: str) -> tuple[str, ...]:
@@ -170,7 +173,7 @@ def _names(names: tuple[str, ...]) -> str:
 def _network(net: NetworkSpec) -> tuple[tuple[tuple[str, tuple[str, ...]], ...],
                                          tuple[tuple[str, str, str | None], ...]]:
     """One network's chains (name, rules) and elements (set, key, value), remembered per
-    spec: a change renders every network, and most are rendered as they were last time."""
+    spec: ``Rendering`` asks again for a network that went, to take out what it added."""
     br, quoted = net.bridge, f'"{net.bridge}"'
     chains: dict[str, tuple[str, ...]] = {}
     elements: list[tuple[str, str, str | None]] = []
@@ -204,16 +207,49 @@ def _network(net: NetworkSpec) -> tuple[tuple[tuple[str, tuple[str, ...]], ...],
     return tuple(chains.items()), tuple(elements)
 
 
+class Rendering:
+    """``render`` that remembers its last networks: a change renders the networks that came
+    or went and copies the rest of the networks' part (a dict copy, not a Python loop per
+    network); ports, a handful, are rendered anew. Safe to call from several threads: its
+    memory is one tuple, replaced whole."""
+
+    def __init__(self) -> None:
+        self._last: tuple[frozenset[NetworkSpec], NftState] = (frozenset(), NftState())
+
+    def __call__(self, desired: Desired) -> NftState:
+        """The chains and elements for ``desired``."""
+        rendered, state = self._last
+        networks = frozenset(desired.networks)
+        gone, came = rendered - networks, networks - rendered
+        if gone or came:
+            chains = dict(state.chains)
+            elements = {name: dict(items) for name, items in state.elements.items()}
+            for net in gone:  # first: one that came may reuse its bridge name
+                net_chains, net_elements = _network(net)
+                for name, _rules in net_chains:
+                    del chains[name]
+                for name, key, _value in net_elements:
+                    del elements[name][key]
+            for net in came:
+                net_chains, net_elements = _network(net)
+                chains.update(net_chains)
+                for name, key, value in net_elements:
+                    elements[name][key] = value
+            state = NftState(chains, elements)
+            self._last = (networks, state)
+        return _with_ports(state, desired.ports) if desired.ports else state
+
+
 def render(desired: Desired) -> NftState:
     """The chains and elements for ``desired``."""
-    state = NftState()
-    el = state.elements
-    for net in desired.networks:
-        chains, elements = _network(net)
-        state.chains.update(chains)
-        for name, key, value in elements:
-            el[name][key] = value
-    for p in desired.ports:
+    return Rendering()(desired)
+
+
+def _with_ports(networks: NftState, ports: list[PortSpec]) -> NftState:
+    """``networks`` (a state without ports) plus the elements of ``ports``, which go in sets
+    of their own."""
+    el: dict[str, dict[str, str | None]] = {name: {} for name in _PORT_SETS}
+    for p in ports:
         ip, to, s = p.container_ip, f"{p.container_ip} . {p.port}", _SUFFIX[p.container_ip.version]
         if p.routed:
             el["routed" + s][f'"{p.bridge}" . {ip} . {p.proto} . {p.port}'] = None
@@ -224,7 +260,7 @@ def render(desired: Desired) -> NftState:
             el["port_any" + s][f"{p.proto} . {p.host_port}"] = to
         else:
             el["port_host" + s][f"{p.host_ip} . {p.proto} . {p.host_port}"] = to
-    return state
+    return NftState(networks.chains, {**networks.elements, **el})
 
 
 def merged(old: NftState, new: NftState) -> NftState:
@@ -268,22 +304,22 @@ def delta_batch(table: str, old: NftState, new: NftState) -> str | None:
     before the chains they jump to, and come after the chains they need."""
     where = f"{FAMILY} {table}"
     lines: list[str] = []
+    # Set operations on the dicts' views: with thousands of networks, the few that changed
+    # are found without a Python loop over the rest.
     for name in SETS:
         before, after = old.elements[name], new.elements[name]
-        lines += _elements("delete", where, name, dict(sorted(before.items() - after.items())))
-    for name in old.chains.keys() - new.chains.keys():
+        if before is not after:
+            lines += _elements("delete", where, name, dict(sorted(before.items() - after.items())))
+    for name in sorted(old.chains.keys() - new.chains.keys()):
         lines += [f"flush chain {where} {name}", f"delete chain {where} {name}"]
-    for name, rules in new.chains.items():
-        if name not in old.chains:
-            lines.append(f"add chain {where} {name}")
-        elif old.chains[name] != rules:
-            lines.append(f"flush chain {where} {name}")
-        else:
-            continue
+    for name, rules in sorted(new.chains.items() - old.chains.items()):
+        verb = "flush" if name in old.chains else "add"
+        lines.append(f"{verb} chain {where} {name}")
         lines += [f"add rule {where} {name} {rule}" for rule in rules]
     for name in SETS:
         before, after = old.elements[name], new.elements[name]
-        lines += _elements("add", where, name, dict(sorted(after.items() - before.items())))
+        if before is not after:
+            lines += _elements("add", where, name, dict(sorted(after.items() - before.items())))
     return "\n".join(lines) + "\n" if lines else None
 
 
@@ -364,8 +400,13 @@ class NFTables:
         self.nft = nft or Nft()
         self._lock = threading.Lock()
         self._known: NftState | None = None
-        # The ruleset generation and the state a periodic check last found in place: while
-        # neither changes, the next check need not list the table.
+        self._render = Rendering()
+        # The generations pynet's own writes made, the last of them with the state it left,
+        # and the generation at which a check last found the table holding a known state.
+        # While every transaction since was one of pynet's, the table holds what the last of
+        # them left, and a check need not list it (``_held``).
+        self._own: set[int] = set()
+        self._last_own: tuple[int, NftState] | None = None
         self._verified: tuple[int, NftState] | None = None
 
     def _problem(self, state: NftState) -> str | None:
@@ -374,10 +415,24 @@ class NFTables:
             return f"table {FAMILY} {self.table} is missing"
         return differences(objects, state)
 
+    def _run(self, batch: str, state: NftState) -> None:
+        """Run one transaction that leaves the table holding ``state`` (the caller holds the
+        lock). Every transaction on the host moves the ruleset's generation by one, so when
+        it moved by one across the run, the generation it reached is this write's."""
+        before = _generation_or_none()
+        self._known = None  # until the run succeeds: what the table holds is not known
+        self.nft.run(batch)
+        self._known = state
+        after = _generation_or_none()
+        if before is not None and after == before + 1:
+            if len(self._own) >= OWN_KEPT:
+                self._own = set()  # checks found nothing for long: the next one lists
+            self._own.add(after)
+            self._last_own = (after, state)
+
     def _rewrite(self, state: NftState, why: str) -> None:
         log.info("nftables: %s; writing table %s %s whole", why, FAMILY, self.table)
-        self.nft.run(full_batch(self.table, state))
-        self._known = state
+        self._run(full_batch(self.table, state), state)
 
     def apply(self, desired: Callable[[], Desired], fresh: bool = False,
               keep: bool = False) -> bool:
@@ -385,7 +440,7 @@ class NFTables:
         ``fresh`` reads the table instead of trusting what the last write left; ``keep``
         only adds (what is no longer desired stays for a later apply to remove)."""
         with self._lock:
-            state = render(desired())
+            state = self._render(desired())
             if keep and self._known is not None:
                 state = merged(self._known, state)
             if self._known is None or fresh:
@@ -398,43 +453,56 @@ class NFTables:
             batch = delta_batch(self.table, self._known, state)
             if batch is None:
                 return False
-            before = self._known
-            checked = self._verified is not None and self._verified[1] == before
             try:
-                self.nft.run(batch)
+                self._run(batch, state)
             except KernelError as exc:
-                self._known = None
                 self._rewrite(state, f"a change failed ({exc})")
-                return True
-            self._known = state
-            if checked:
-                self._carry_verified(before, state)
             return True
 
-    def _carry_verified(self, before: NftState, after: NftState) -> None:
-        """After a change from ``before`` to ``after`` of a table the periodic check had found
-        holding ``before``: if the ruleset's generation moved by one since, that was this
-        change (every transaction moves it by one), so the table holds ``after`` and the next
-        check need not list it. Without this, a host where networks come and go would list
-        the whole table at every check."""
-        try:
-            gen = generation()
-        except KernelError:
-            return  # the change is written; the next check lists the table
-        if self._verified == (gen - 1, before):  # the check runs unlocked: ask again
-            self._verified = (gen, after)
+    def _held(self, gen: int) -> NftState | None:
+        """What the table holds at generation ``gen``, if pynet knows: a check found it
+        holding a known state at an earlier generation, and every transaction since was one
+        of pynet's own writes. Without this, a host where networks come and go would list the
+        whole table at every check."""
+        verified, last = self._verified, self._last_own
+        if verified is None or not 0 <= gen - verified[0] <= OWN_KEPT:
+            return None
+        if gen == verified[0]:
+            return verified[1]
+        own = self._own
+        if last is None or last[0] != gen \
+                or any(g not in own for g in range(verified[0] + 1, gen + 1)):
+            return None
+        return last[1]
 
     def repair_needed(self, desired: Callable[[], Desired]) -> str | None:
         """What a fresh read says must change, or None. Takes no lock: calls must not wait
         for the periodic check. Listing a large table costs much more than asking for the
-        generation, so an idle host is checked by the generation alone."""
-        gen, state = generation(), render(desired())
-        if self._verified == (gen, state):
+        generation, so while only pynet wrote since the last look, the table is not listed:
+        it holds what pynet wrote, and where that is behind the records (a new network's
+        owed rules, the reaper's pending removals) pynet's own next write brings it there;
+        nothing was damaged. A listing during which any transaction ran proves nothing (it
+        may show the table before or after it, and the records may be ahead of the rules for
+        a moment): the next check looks again, and a change that fails on a damaged table
+        rewrites it."""
+        gen, state = generation(), self._render(desired())
+        held = self._held(gen)
+        if held is not None:
+            self._verify(gen, held)
             return None
         problem = self._problem(state)
+        if generation() != gen:
+            return None
         if problem is None:
-            self._verified = (gen, state)  # the generation read before the listing
+            self._verify(gen, state)
         return problem
+
+    def _verify(self, gen: int, state: NftState) -> None:
+        """Note that the table held ``state`` at ``gen``; forget pynet's writes before it.
+        Unlocked: the copy (one C call) is what a concurrent write cannot change under the
+        loop; a write it misses costs a later check a listing, nothing more."""
+        self._verified = (gen, state)
+        self._own = {g for g in set(self._own) if g > gen}
 
     def remove_all(self) -> bool:
         """Delete pynet's table (uninstall); True if it was there."""
@@ -450,6 +518,13 @@ class NFTables:
         if dockerd_nftables():
             return "Docker's nftables backend (table ip docker-bridges)"
         return "no table ip docker-bridges (dockerd runs iptables, or is not running)"
+
+
+def _generation_or_none() -> int | None:
+    try:
+        return generation()
+    except KernelError:
+        return None  # the write goes on; a check lists the table instead
 
 
 def dockerd_nftables() -> bool:

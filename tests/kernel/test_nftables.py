@@ -127,6 +127,55 @@ def test_the_check_lists_the_table_only_after_someone_else_changed_it(
     assert listed == [TABLE]
 
 
+def test_a_run_of_own_changes_needs_no_listing(
+        nft: NFTables, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Networks come and go between two checks: every transaction since the last listing was
+    one of pynet's, so the check knows the table without listing it."""
+    nft.apply(lambda: Desired(NETWORKS[:1], []))
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:1], [])) is None
+    listed: list[str] = []
+    real = nft.nft.table
+    monkeypatch.setattr(nft.nft, "table", lambda *a: listed.append(a[1]) or real(*a))
+    for count in (2, 3, 5, 4, 2):
+        assert nft.apply(lambda count=count: Desired(NETWORKS[:count], PORTS[:count]))
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:2], PORTS[:2])) is None
+    # records ahead of the rules (a network's owed rules): pynet's next write, not damage
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:3], PORTS[:2])) is None
+    assert listed == []
+    last = chain_rules("in-pn-kt-a")[-1]
+    run(["nft", "delete", "rule", FAMILY, TABLE, "in-pn-kt-a", "handle", str(last["handle"])])
+    run(["nft", "add table inet pynet-kt-other"])  # the damage is not pynet's change
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:2], PORTS[:2])) is not None
+    assert listed == [TABLE]
+
+
+def test_a_listing_while_another_transaction_runs_proves_nothing(
+        nft: NFTables, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records may be ahead of the rules for a moment (a new network's rules are owed)
+    and the listing may show the table before or after a concurrent change: the check says
+    nothing then, and the next one, with no transaction during its listing, finds the
+    damage."""
+    nft.apply(lambda: Desired(NETWORKS[:1], []))
+    run(["nft", "flush", "chain", FAMILY, TABLE, "in-pn-kt-a"])
+    real = nft.nft.table
+
+    def listing_while_another_change(*args: str) -> object:
+        objects = real(*args)
+        run(["nft", "add table inet pynet-kt-other"])
+        return objects
+
+    monkeypatch.setattr(nft.nft, "table", listing_while_another_change)
+    assert nft.repair_needed(lambda: Desired(NETWORKS[:1], [])) is None
+    monkeypatch.setattr(nft.nft, "table", real)
+    assert "in-pn-kt-a" in (nft.repair_needed(lambda: Desired(NETWORKS[:1], [])) or "")
+
+
+def chain_rules(chain: str) -> list[dict]:
+    """The rules of one of the table's chains, as ``nft -j`` lists them."""
+    done = run(["nft", "-j", "list", "chain", FAMILY, TABLE, chain])
+    return [o["rule"] for o in json.loads(done.stdout)["nftables"] if "rule" in o]
+
+
 def test_remove_all(nft: NFTables) -> None:
     assert not nft.remove_all()
     nft.apply(lambda: ALL)

@@ -3,7 +3,14 @@ is compared with the records (the kernel tests check that the kernel takes both)
 
 import ipaddress
 
-from plugin.firewall.nftables import BASE_CHAINS, delta_batch, differences, full_batch, render
+from plugin.firewall.nftables import (
+    BASE_CHAINS,
+    Rendering,
+    delta_batch,
+    differences,
+    full_batch,
+    render,
+)
 from plugin.firewall.rules import Desired, NetworkSpec, PortSpec
 
 A = NetworkSpec("pn-a", ipaddress.IPv4Network("10.9.0.0/24"))
@@ -31,6 +38,22 @@ def test_a_network_rm_removes_the_elements_before_the_chain() -> None:
         lines.index("delete chain inet t in-pn-a")
     assert "delete element inet t port_any { tcp . 8080 }" in lines
     assert not any(line.startswith("add ") for line in lines)
+
+
+def test_a_rendering_that_remembers_renders_what_a_fresh_one_does() -> None:
+    """Networks come, change in place (same bridge, new spec), and go; ports come and go.
+    Each result equals a render from nothing, and none changes an earlier result (the
+    backend compares them)."""
+    steps = [Desired([A], []), Desired([A, B], [PORT]), Desired([A6, B], [PORT, PORT6]),
+             Desired([B], []), Desired([], []), Desired([A6], [PORT6])]
+    rendering = Rendering()
+    results = []
+    for desired in steps:
+        results.append((rendering(desired), render(desired)))
+    for (kept, fresh), desired in zip(results, steps, strict=True):
+        assert kept == fresh == render(desired)
+    assert results[2][0].chains["masq-pn-a"] != results[1][0].chains["masq-pn-a"]
+    assert results[4][0].chains == {} and not any(results[4][0].elements.values())
 
 
 def test_no_change_is_no_batch() -> None:

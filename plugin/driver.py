@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from plugin import protocol
@@ -77,19 +77,14 @@ class Epoch:
 
 
 def _overlap(config: NetworkConfig, req: protocol.CreateNetwork) -> str | None:
-    """"<pool of req> overlaps <subnet of config>" (IPv4 first), or None."""
-    for subnet, ipam in ((config.subnet, req.ipv4), (config.subnet_v6, req.ipv6)):
-        if subnet is not None and ipam is not None and _overlaps(subnet, ipam.pool):
+    """"<pool of req> overlaps <subnet of config>" (IPv4 first), or None. CreateNetwork asks
+    this of every recorded network: both sides compare as integers computed once."""
+    for subnet, theirs, ipam in zip((config.subnet, config.subnet_v6), config.spans,
+                                    (req.ipv4, req.ipv6), strict=True):
+        if theirs is not None and ipam is not None \
+                and theirs[0] <= ipam.span[1] and ipam.span[0] <= theirs[1]:
             return f"{ipam.pool} overlaps {subnet}"
     return None
-
-
-def _overlaps(a: ipaddress.IPv4Network | ipaddress.IPv6Network,
-              b: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    """Whether two networks of one family share an address (``ipaddress``'s ``overlaps``
-    compares address objects: CreateNetwork asks this of every recorded network)."""
-    return int(a.network_address) <= int(b.broadcast_address) \
-        and int(b.network_address) <= int(a.broadcast_address)
 
 
 class Driver:
@@ -201,8 +196,7 @@ class Driver:
         except Exception:
             self._roll_back(self.teardown_network, record)
             raise
-        record.state = READY
-        self.store.put_network(record)
+        self.store.put_network(replace(record, state=READY))
         # Its rules only add: rules of networks and ports being deleted are the reaper's to
         # remove (a `docker network create` right after an rm would otherwise pay for the
         # deletions). They cannot touch this network: a pending delete with its bridge name
@@ -258,22 +252,18 @@ class Driver:
         itself (a user's bridge the network takes over) and of this instance's other bridges
         (left to _drop_superseded) are no conflict, nor are default routes (0.0.0.0/0, or the
         two halves a VPN installs in its place)."""
-        mine: set[str] | None = None
-        routes = self.netlink.routes_v4(overlapping=pool) if pool.version == 4 \
-            else self.netlink.routes_v6(overlapping=pool)
+        mine = {bridge, *(n.bridge for n in self.store.networks())}
+        routes = self.netlink.routes_v4(overlapping=pool, skip=mine) if pool.version == 4 \
+            else self.netlink.routes_v6(overlapping=pool, skip=mine)
         for dst, name in routes:
-            if dst.prefixlen <= 1 or name == bridge:
-                continue
-            if mine is None:
-                mine = {n.bridge for n in self.store.networks()}
-            if name in mine:
+            if dst.prefixlen <= 1:
                 continue
             raise InvalidRequest(f"subnet {pool} overlaps the host's route to {dst} via {name}"
                                  ": the network's bridge would take those addresses from it; "
                                  "choose another subnet")
 
     def _drop_superseded(self, req: protocol.CreateNetwork,
-                         networks: list[NetworkRecord]) -> bool:
+                         networks: tuple[NetworkRecord, ...]) -> bool:
         """Remove networks dockerd must have deleted while pynet could not be told.
 
         dockerd gives up on DeleteNetwork after ~15 s of retries when pynet is down, and drops
@@ -386,7 +376,7 @@ class Driver:
         the caller synced the firewall after the record was marked deleting (the reaper
         does, once for everything it removes)."""
         if record.state != DELETING:
-            record.state = DELETING
+            record = replace(record, state=DELETING)
             self.store.put_network(record)
             rules_gone = False
         if not rules_gone:
@@ -645,12 +635,14 @@ class Driver:
 
     def firewall_repair(self) -> str | None:
         """What the firewall lacks, read afresh ("<backend>: <description>"), or None. None
-        too while new networks' rules are on their way (deferred_rules.py): the periodic
-        check's next look sees them written."""
+        too while new networks' rules are on their way (deferred_rules.py), before or after
+        the read: the periodic check's next look sees them written."""
         if self.rules_due.busy():
             return None
         repair = self.firewall.repair_needed(self.desired)
-        return None if repair is None else f"{self.firewall.name}: {repair}"
+        if repair is None or self.rules_due.busy():
+            return None
+        return f"{self.firewall.name}: {repair}"
 
     # -- for reconcile.py ------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ what it meant when its network was built. Encoding is explicit and versioned
 database.
 """
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,11 @@ class NetworkConfig(HashedOnce):
     trusted_host_interfaces: tuple[str, ...] = ()
     gateway_mode_ipv4: str = NAT  # options.GATEWAY_MODES; nat for a family it does not have
     gateway_mode_ipv6: str = NAT
+
+    @functools.cached_property
+    def spans(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """The IPv4 and the IPv6 subnet as ``protocol.span`` gives them."""
+        return protocol.span(self.subnet), protocol.span(self.subnet_v6)
 
     def gateway_mode(self, family: int) -> str:
         """The gateway mode of IP version ``family``."""

@@ -13,7 +13,7 @@ import secrets
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from pyroute2 import Conntrack, IPRoute
@@ -188,20 +188,24 @@ class Netlink:
         return msgs[0].link if msgs else None
 
     @staticmethod
-    def routes_v4(overlapping: ipaddress.IPv4Network | None = None
-                  ) -> list[tuple[ipaddress.IPv4Network, str]]:
+    def routes_v4(overlapping: ipaddress.IPv4Network | None = None,
+                  skip: Container[str] = ()) -> list[tuple[ipaddress.IPv4Network, str]]:
         """The main table's IPv4 routes as (destination, interface name), from procfs; with
-        ``overlapping``, only those whose destination overlaps it.
+        ``overlapping``, only those whose destination overlaps it; none of the interfaces
+        in ``skip``.
 
         CreateNetwork checks a new pool against them; a netlink dump through pyroute2 costs a
         few milliseconds even for a handful of routes (and grows with every bridge), the
-        kernel's text table a fraction of one, and comparing integers before making address
-        objects keeps it so with a thousand bridges. ``thread-self``: the calling thread's
-        namespace (kernel tests run their driver in a throwaway one)."""
+        kernel's text table a fraction of one, and skipping pynet's own bridges by name and
+        comparing integers before making address objects keeps it so with a thousand
+        bridges. ``thread-self``: the calling thread's namespace (kernel tests run their
+        driver in a throwaway one)."""
         found = []
         with open("/proc/thread-self/net/route") as table:
             next(table)  # the header line
             for line in table:
+                if line.partition("\t")[0] in skip:
+                    continue
                 iface, dst, _gateway, _flags, _ref, _use, _metric, mask = line.split()[:8]
                 packed = struct.pack("=I", int(dst, 16))  # the table prints host byte order
                 prefix = int(mask, 16).bit_count()
@@ -215,12 +219,12 @@ class Netlink:
         return found
 
     @staticmethod
-    def routes_v6(overlapping: ipaddress.IPv6Network
+    def routes_v6(overlapping: ipaddress.IPv6Network, skip: Container[str] = ()
                   ) -> list[tuple[ipaddress.IPv6Network, str]]:
         """The IPv6 routes (every table: procfs lists them together) whose destination
-        overlaps ``overlapping``, as (destination, interface name); none where the kernel has
-        no IPv6. Local and multicast routes (of interface ``lo``, or ff00::/8) are no
-        conflict and are left out."""
+        overlaps ``overlapping``, as (destination, interface name), but none of the
+        interfaces in ``skip``; none where the kernel has no IPv6. Local and multicast routes
+        (of interface ``lo``, or ff00::/8) are no conflict and are left out."""
         try:
             table = open("/proc/thread-self/net/ipv6_route")
         except FileNotFoundError:
@@ -230,7 +234,8 @@ class Netlink:
             for line in table:
                 dst, prefix_hex, *_rest, iface = line.split()
                 route = ipaddress.IPv6Network((int(dst, 16), int(prefix_hex, 16)))
-                if iface != "lo" and not route.is_multicast and route.overlaps(overlapping):
+                if iface != "lo" and iface not in skip and not route.is_multicast \
+                        and route.overlaps(overlapping):
                     found.append((route, iface))
         return found
 

@@ -7,6 +7,7 @@ refused request cannot leave anything half-built behind.
 """
 
 import base64
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -116,6 +117,14 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def span(network: Network | None) -> tuple[int, int] | None:
+    """A network's first and last address as integers (None for no network): CreateNetwork
+    compares a new pool with every recorded network, and ``ipaddress`` compares objects."""
+    if network is None:
+        return None
+    return int(network.network_address), int(network.broadcast_address)
+
+
 @dataclass(frozen=True)
 class IPAMData:
     """One IPAM pool as dockerd sends it; the gateway keeps the pool's prefix length."""
@@ -125,6 +134,11 @@ class IPAMData:
     aux_addresses: dict[str, Interface]
     address_space: str = ""  # "LocalDefault": dockerd's own IPAM, which never overlaps pools
     aux_prefixed: frozenset[str] = frozenset()  # aux addresses sent with a prefix length
+
+    @functools.cached_property
+    def span(self) -> tuple[int, int]:
+        """The pool's first and last address as integers (``span``)."""
+        return int(self.pool.network_address), int(self.pool.broadcast_address)
 
     def check_host_safety(self) -> None:
         """Refuse a pool or gateway that would take addresses or routes from the host."""

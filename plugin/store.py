@@ -55,9 +55,11 @@ CREATE TABLE IF NOT EXISTS endpoints (
 """
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkRecord:
-    """A network: its configuration, decided at CreateNetwork, and its state."""
+    """A network: its configuration, decided at CreateNetwork, and its state. Immutable: the
+    store hands every caller the records it keeps (a change is a new record,
+    ``dataclasses.replace``, written with ``put_network``)."""
 
     id: str
     bridge: str
@@ -152,6 +154,7 @@ class Store:
         self.path = path
         self._lock = threading.Lock()
         self._networks: dict[str, tuple[str, NetworkRecord]] = {}  # id -> (text, decoded)
+        self._kept: tuple[NetworkRecord, ...] | None = None  # _networks' records, in order
         # PRAGMA data_version when _networks last held every network (see networks()).
         self._listed: int | None = None
 
@@ -206,6 +209,7 @@ class Store:
                                        (network,)).fetchone()
                 if row is None:
                     self._networks.pop(network, None)
+                    self._kept = None
                 else:
                     self._decode_network(row)
 
@@ -240,20 +244,27 @@ class Store:
         return self._one("SELECT id, data FROM networks WHERE bridge = ?", (bridge,),
                          self._decode_network)
 
-    def networks(self) -> list[NetworkRecord]:
-        """Every network, oldest first. Every firewall change asks, so the list is kept: it
-        is read from the database again only after another connection (``pynet forget``,
+    def networks(self) -> tuple[NetworkRecord, ...]:
+        """Every network, oldest first. Every firewall change asks, so the records are kept:
+        read from the database again only after another connection (``pynet forget``,
         another process) committed, which moves SQLite's data_version; this connection's
-        own writes update it as they commit (``_tx``)."""
+        own writes update them as they commit (``_tx``). The same tuple is returned until
+        one of them changes."""
         with self._lock:
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._listed:
                 rows = self._db.execute("SELECT id, data FROM networks ORDER BY rowid").fetchall()
-                self._networks = {}
-                for row in rows:
-                    self._decode_network(row)
+                previous, self._networks, self._kept = self._networks, {}, None
+                for network_id, text in rows:
+                    cached = previous.get(network_id)
+                    if cached is not None and cached[0] == text:
+                        self._networks[network_id] = cached  # unchanged: not decoded again
+                    else:
+                        self._decode_network((network_id, text))
                 self._listed = version
-            return [_copy(record) for _, record in self._networks.values()]
+            if self._kept is None:
+                self._kept = tuple(record for _, record in self._networks.values())
+            return self._kept
 
     def delete_network(self, network_id: str) -> None:
         """Forget a network (its endpoints must be gone already)."""
@@ -331,24 +342,16 @@ class Store:
             return [decode(row) for row in self._db.execute(sql, args).fetchall()]
 
     def _decode_network(self, row: tuple[str, str]) -> NetworkRecord:
-        """The network in ``row`` (id, stored text), from the cache unless its text changed:
-        a copy of the decoded record costs a fraction of decoding it again. One entry per
-        network, dropped with it. Callers get their own copy: they change its state before
-        writing it back (the config is immutable)."""
+        """The network in ``row`` (id, stored text), from the cache unless its text changed.
+        One entry per network, dropped with it."""
         network_id, text = row
         cached = self._networks.get(network_id)
         if cached is None or cached[0] != text:
             data = _current(network_id, json.loads(text))
             data["config"] = NetworkConfig.from_json(data["config"])
             cached = self._networks[network_id] = (text, NetworkRecord(**data))
-        return _copy(cached[1])
-
-
-def _copy(record: NetworkRecord) -> NetworkRecord:
-    """A shallow copy: its attributes, without building it again through ``__init__``."""
-    copy = object.__new__(NetworkRecord)
-    copy.__dict__.update(record.__dict__)
-    return copy
+            self._kept = None
+        return cached[1]
 
 
 # Options the release that kept requests (schema 0) accepted and ignored: its networks were

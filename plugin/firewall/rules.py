@@ -67,7 +67,7 @@ published port is reset (Docker relays it with its docker-proxy; pynet has none,
 
 import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from plugin.hashing import HashedOnce
@@ -219,7 +219,7 @@ def _network_spec(bridge: str, config: NetworkConfig) -> NetworkSpec:
                        config.subnet_v6, (config.gateway_mode_ipv4, config.gateway_mode_ipv6))
 
 
-def desired_from_records(networks: list[NetworkRecord],
+def desired_from_records(networks: Iterable[NetworkRecord],
                          endpoints: list[EndpointRecord]) -> Desired:
     """The firewall's input, from the records (those being deleted drop out)."""
     endpoints_of: dict[str, list[EndpointRecord]] = {}

@@ -168,3 +168,4 @@ def test_routes_overlapping_a_pool_are_those_that_overlap_it(nl: Netlink, ns: st
     assert len(every) >= 2
     network = ipaddress.IPv4Network(pool)
     assert nl.routes_v4(overlapping=network) == [r for r in every if r[0].overlaps(network)]
+    assert nl.routes_v4(skip={"pt-routes"}) == [r for r in every if r[1] != "pt-routes"]

@@ -4,6 +4,7 @@ import ipaddress
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,13 @@ def synchronous(store: Store) -> str:
     return {1: "NORMAL", 2: "FULL"}[store._db.execute("PRAGMA synchronous").fetchone()[0]]
 
 
-def test_callers_get_copies_and_see_every_update(store: Store) -> None:
+def test_records_are_immutable_and_callers_see_every_update(store: Store) -> None:
     store.put_network(network())
     first = store.network("n1")
-    first.state = READY  # a caller's change is not the store's until written
-    assert store.network("n1").state != READY
-    store.put_network(first)
+    with pytest.raises(FrozenInstanceError):
+        first.state = READY  # type: ignore[misc]  # the store hands out the records it keeps
+    store.put_network(replace(first, state=READY))
+    assert first.state != READY
     assert store.network("n1").state == store.networks()[0].state == READY
     assert store.mark_deleting("networks", "n1")
     assert store.network_by_bridge("pn-n1").state == DELETING
@@ -57,7 +59,7 @@ def test_a_deleted_network_leaves_nothing_cached(store: Store) -> None:
     store.networks()
     for i in range(5):
         store.delete_network(f"n{i}")
-    assert store.networks() == [] and store._networks == {}
+    assert store.networks() == () and store._networks == {}
 
 
 def test_the_kept_list_follows_this_connections_writes(store: Store) -> None:
@@ -68,8 +70,7 @@ def test_the_kept_list_follows_this_connections_writes(store: Store) -> None:
     assert [n.id for n in store.networks()] == ["n0", "n1", "n2"]
     stale = store.networks()[1]
     assert store.mark_network_deleting("n1")
-    stale.state = READY
-    store.put_network(stale)
+    store.put_network(replace(stale, state=READY))
     store.mark_confirmed("n2", 5.0)
     store.delete_network("n0")
     store.put_network(network("n3", "pn-n3"))
@@ -102,8 +103,7 @@ def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> Non
     record = network()
     store.put_network(record)  # creating: its kernel objects do not outlive a power cut
     assert synchronous(store) == "NORMAL"
-    record.state = READY
-    store.put_network(record)
+    store.put_network(replace(record, state=READY))
     assert synchronous(store) == "FULL"
     store.mark_in_container("e1")
     assert synchronous(store) == "NORMAL"
@@ -114,7 +114,7 @@ def test_network_writes_are_flushed_endpoint_writes_are_not(store: Store) -> Non
     assert synchronous(store) == "NORMAL"
     store.delete_network("n1")
     assert synchronous(store) == "FULL"
-    assert store.endpoints() == [] and store.networks() == []
+    assert store.endpoints() == [] and store.networks() == ()
 
 
 def test_a_marked_delete_survives_a_write_of_a_stale_copy(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_a_database_of_the_previous_release_is_migrated(tmp_path: Path) -> None:
         enable_icc=False, mtu=1400)
     assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
     store.close()
-    assert Store(str(state)).networks() == [record]  # once migrated, read as it is
+    assert Store(str(state)).networks() == (record,)  # once migrated, read as it is
 
 
 def test_a_database_of_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -13,12 +13,18 @@ from lab import (
 from lab.bench import SERVER_HOST, SINK_PORT
 from lab.bench.resources import Net
 
+# One busybox ``adjtimex`` printout: its status word comes before the time it read.
+_ADJTIMEX = re.compile(r"status:\s+(\d+).*?time\.tv_sec:\s+(\d+)\s+time\.tv_usec:\s+(\d+)",
+                       re.DOTALL)
+STA_NANO = 0x2000  # <linux/timex.h>: the kernel clock is in nanosecond mode
+
 
 def adjtimex_seconds(text: str) -> list[float]:
-    """Timestamps busybox ``adjtimex`` printed (µs resolution; busybox date has no %N)."""
-    secs = [int(v) for v in re.findall(r"time\.tv_sec:\s+(\d+)", text)]
-    usecs = [int(v) for v in re.findall(r"time\.tv_usec:\s+(\d+)", text)]
-    return [s + u / 1e6 for s, u in zip(secs, usecs, strict=True)]
+    """Timestamps busybox ``adjtimex`` printed (busybox date has no %N). Its ``tv_usec``
+    holds nanoseconds while the kernel clock is in nanosecond mode (status bit STA_NANO,
+    which a time daemon may set), microseconds otherwise."""
+    return [int(sec) + int(frac) / (1e9 if int(status) & STA_NANO else 1e6)
+            for status, sec, frac in _ADJTIMEX.findall(text)]
 
 
 def time_to_ping(driver: str, net: Net, name: str) -> float:

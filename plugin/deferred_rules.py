@@ -32,6 +32,7 @@ class DeferredRules:
         self._lock = threading.Lock()
         self._owed = False  # a network was created and no write has started since
         self._pending: futures.Future[object] | None = None
+        self._settling = 0  # settles waiting for a write or writing
         # Write at the next settle even if nothing is owed: a write failed, or none has
         # succeeded since this process started (the start-up reconcile's may have failed).
         # Unlike what is owed, this is no reason for the periodic check to look away.
@@ -62,7 +63,8 @@ class DeferredRules:
         """Whether rules are owed or being written: a look at the firewall meanwhile would
         find them missing (a write that failed is not busy: what it left undone is damage)."""
         with self._lock:
-            return self._owed or self._pending is not None and not self._pending.done()
+            return self._owed or self._settling > 0 \
+                or self._pending is not None and not self._pending.done()
 
     def settle(self) -> None:
         """Return once every owed rule is in the kernel: wait for the write in flight, and
@@ -73,6 +75,7 @@ class DeferredRules:
             pending, self._pending = self._pending, None
             write = self._owed or self._retry
             self._owed = False
+            self._settling += 1
         try:
             if pending is not None:
                 try:
@@ -89,5 +92,9 @@ class DeferredRules:
             with self._lock:
                 self._retry = True
             raise
-        with self._lock:
-            self._retry = False
+        else:
+            with self._lock:
+                self._retry = False
+        finally:
+            with self._lock:
+                self._settling -= 1

@@ -11,7 +11,7 @@ Concurrency contract:
 * Marking. Calls mark under the driver lock. A delete that cannot get that lock in time
   (``Driver.defer_delete``) marks without it: ``Store.mark_deleting`` is one atomic update, and
   the store never takes a record out of ``deleting``, so a call holding the lock cannot undo it
-  by writing back the copy it read before.
+  by writing back the record it read before.
 * Finishing. ``reap`` runs under the reap lock only, never the driver lock: from the reaper
   thread when woken, from the periodic reconcile pass, and from calls that could collide with
   an unfinished delete (CreateNetwork: the same bridge name or subnet; CreateEndpoint: an

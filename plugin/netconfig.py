@@ -45,8 +45,10 @@ class NetworkConfig(HashedOnce):
 
     @functools.cached_property
     def spans(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-        """The IPv4 and the IPv6 subnet as ``protocol.span`` gives them."""
-        return protocol.span(self.subnet), protocol.span(self.subnet_v6)
+        """The IPv4 and the IPv6 subnet as ``protocol.span`` gives them (None: no subnet)."""
+        v4 = None if self.subnet is None else protocol.span(self.subnet)
+        v6 = None if self.subnet_v6 is None else protocol.span(self.subnet_v6)
+        return v4, v6
 
     def gateway_mode(self, family: int) -> str:
         """The gateway mode of IP version ``family``."""

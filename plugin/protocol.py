@@ -117,11 +117,9 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def span(network: Network | None) -> tuple[int, int] | None:
-    """A network's first and last address as integers (None for no network): CreateNetwork
-    compares a new pool with every recorded network, and ``ipaddress`` compares objects."""
-    if network is None:
-        return None
+def span(network: Network) -> tuple[int, int]:
+    """A network's first and last address as integers: CreateNetwork compares a new pool
+    with every recorded network, and ``ipaddress`` compares objects."""
     return int(network.network_address), int(network.broadcast_address)
 
 
@@ -138,7 +136,7 @@ class IPAMData:
     @functools.cached_property
     def span(self) -> tuple[int, int]:
         """The pool's first and last address as integers (``span``)."""
-        return int(self.pool.network_address), int(self.pool.broadcast_address)
+        return span(self.pool)
 
     def check_host_safety(self) -> None:
         """Refuse a pool or gateway that would take addresses or routes from the host."""

@@ -118,7 +118,7 @@ class EndpointRecord:
 
 
 # An update never takes a record out of ``deleting``: a delete marked without the driver lock
-# (mark_deleting, while a call holds the lock) must survive that call's write of the copy it
+# (mark_deleting, while a call holds the lock) must survive that call's write of the record it
 # read before.
 _DELETE_IS_FINAL = f"WHERE state != '{DELETING}' OR excluded.state = '{DELETING}'"
 

@@ -74,7 +74,7 @@ from lab.bench.pynet_side import bench_instance, machine  # noqa: E402
 from lab.bench.resources import Lab, Net, host_address, timed  # noqa: E402
 
 PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
-SAMPLES = 5  # network create/rm samples per step
+SAMPLES = 11  # network create/rm samples per step (their median: five moved by ~10 ms run to run)
 PARALLEL = 8  # growth and clean-up run this many docker commands at once
 AGAIN = "first again"  # the step after the growth is removed
 FLOOR = "floor"  # the floor remote driver's column: create and rm only

@@ -6,7 +6,8 @@ and running it in-process saves the fork and exec of an ``nft`` per change (the 
 the measurement). ctypes releases the GIL during the call, so other requests go
 on while the kernel works. pyroute2's nftables support (0.9) builds rules from raw netlink
 expressions, which would make pynet re-implement what nft's parser already does; it serves
-the two questions libnftables answers slowly (see ``tables`` and ``generation``).
+a question libnftables answers slowly (``tables``); the ruleset's generation, asked twice per
+change, is one bare netlink request (``generation``).
 """
 
 import ctypes
@@ -120,10 +121,12 @@ def tables(family: str) -> list[str]:
             if t["nfgen_family"] == number]
 
 
-# NFT_MSG_GETGEN (nftables subsystem 10, message 16) as a bare request: every change asks
-# for the generation (NFTables._carry_verified), and building a pyroute2 socket for it would
-# cost more than the rest of a small change's Python.
+# NFT_MSG_GETGEN (nftables subsystem 10, message 16) as a bare request, answered by
+# NFT_MSG_NEWGEN (15): every change asks for the generation before and after it (NFTables._run),
+# and building a pyroute2 socket for it would cost more than the rest of a small change's
+# Python.
 _GETGEN = (10 << 8) | 16
+_NEWGEN = (10 << 8) | 15
 _NLMSG_ERROR = 2
 _NFTA_GEN_ID = 1
 
@@ -134,18 +137,23 @@ def generation() -> int:
     request = header.pack(header.size + 4, _GETGEN, 1, 1, 0) + bytes(4)  # NLM_F_REQUEST
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.settimeout(5)
             sock.send(request)
             reply = sock.recv(4096)
-    except OSError as exc:
+        length, kind, _flags, _seq, _pid = header.unpack_from(reply)
+        if kind == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", reply, header.size)[0]
+            raise KernelError(f"nftables generation: {os.strerror(code)}")
+        if kind != _NEWGEN:
+            raise KernelError(f"nftables generation: the kernel answered message type {kind}")
+        at, end = header.size + 4, min(length, len(reply))  # attributes follow struct nfgenmsg
+        while at + 4 <= end:
+            size, attribute = struct.unpack_from("=HH", reply, at)
+            if size < 4:
+                break
+            if attribute & 0x3FFF == _NFTA_GEN_ID:
+                return int(struct.unpack_from(">I", reply, at + 4)[0])
+            at += (size + 3) & ~3
+    except (OSError, struct.error) as exc:
         raise KernelError(f"nftables netlink request for the generation failed: {exc}") from exc
-    _length, kind, _flags, _seq, _pid = header.unpack_from(reply)
-    if kind == _NLMSG_ERROR:
-        code = -struct.unpack_from("=i", reply, header.size)[0]
-        raise KernelError(f"nftables generation: {os.strerror(code)}")
-    at = header.size + 4  # past struct nfgenmsg
-    while at + 4 <= len(reply):
-        size, attribute = struct.unpack_from("=HH", reply, at)
-        if attribute & 0x3FFF == _NFTA_GEN_ID:
-            return int(struct.unpack_from(">I", reply, at + 4)[0])
-        at += (size + 3) & ~3
     raise KernelError("nftables generation: the kernel's answer has no NFTA_GEN_ID")

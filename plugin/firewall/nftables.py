@@ -227,9 +227,9 @@ class Rendering:
             for net in gone:  # first: one that came may reuse its bridge name
                 net_chains, net_elements = _network(net)
                 for name, _rules in net_chains:
-                    del chains[name]
+                    chains.pop(name, None)  # bridge names are unique: only ever there once
                 for name, key, _value in net_elements:
-                    del elements[name][key]
+                    elements[name].pop(key, None)
             for net in came:
                 net_chains, net_elements = _network(net)
                 chains.update(net_chains)
@@ -417,8 +417,10 @@ class NFTables:
 
     def _run(self, batch: str, state: NftState) -> None:
         """Run one transaction that leaves the table holding ``state`` (the caller holds the
-        lock). Every transaction on the host moves the ruleset's generation by one, so when
-        it moved by one across the run, the generation it reached is this write's."""
+        lock). Every transaction on the host that changes something moves the ruleset's
+        generation by one, so when it moved by one across the run, the generation it reached
+        is this write's (pynet's batches always change something: they are the difference to
+        what it last wrote, or the whole table)."""
         before = _generation_or_none()
         self._known = None  # until the run succeeds: what the table holds is not known
         self.nft.run(batch)
@@ -465,8 +467,8 @@ class NFTables:
         of pynet's own writes. Without this, a host where networks come and go would list the
         whole table at every check."""
         verified, last = self._verified, self._last_own
-        if verified is None or not 0 <= gen - verified[0] <= OWN_KEPT:
-            return None
+        if verified is None or self._known is None or not 0 <= gen - verified[0] <= OWN_KEPT:
+            return None  # never checked, or a write failed (it left the table unknown)
         if gen == verified[0]:
             return verified[1]
         own = self._own
@@ -493,7 +495,7 @@ class NFTables:
         problem = self._problem(state)
         if generation() != gen:
             return None
-        if problem is None:
+        if problem is None and self._known == state:  # pynet's next change starts from it
             self._verify(gen, state)
         return problem
 

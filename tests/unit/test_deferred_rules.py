@@ -75,3 +75,14 @@ def test_nothing_starts_once_the_executor_is_shut_down(
     assert due.busy(), "still owed"
     due.settle()  # written here instead
     assert writes.count == 1 and not due.busy()
+
+
+def test_a_write_that_a_settle_runs_is_busy_until_it_is_done(
+        side: futures.ThreadPoolExecutor) -> None:
+    """CreateEndpoint's settle may write what was owed itself: meanwhile a look at the
+    firewall would find the rules missing, as during a write on the side thread."""
+    seen: list[bool] = []
+    due = DeferredRules(lambda: seen.append(due.busy()), side)
+    due.owe()
+    due.settle()
+    assert seen == [True] and not due.busy()

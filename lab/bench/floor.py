@@ -30,7 +30,11 @@ class _FloorHandler(http.server.BaseHTTPRequestHandler):
         elif call == "CreateEndpoint":
             self._links("add", ifname=f"pfh{endpoint}", kind="veth", peer=f"pfc{endpoint}")
         elif call == "Join":
-            body = {"InterfaceName": {"SrcName": f"pfc{endpoint}", "DstPrefix": "eth"}}
+            # No gateway to give: without DisableGatewayService dockerd would attach every
+            # container to docker_gwbridge too (a second, bridge-driver endpoint), and the
+            # floor would measure that attach as well.
+            body = {"InterfaceName": {"SrcName": f"pfc{endpoint}", "DstPrefix": "eth"},
+                    "DisableGatewayService": True}
         elif call == "DeleteEndpoint":
             self._links("del", ifname=f"pfh{endpoint}")
         data = json.dumps(body).encode()

@@ -31,8 +31,13 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [r for r in rows if len(r) == 6 and r[0] != "figure"]
 
 
+def docker_networks() -> set[str]:
+    return set(run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split())
+
+
 def test_bench_smoke_reports_every_figure_with_numbers(dockerd: None, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    before = docker_networks()
     done = run([str(VENV_BIN / "python"), str(REPO / "scripts" / "bench.py"), "--smoke",
                 "--json", str(out)], timeout=240)
     rows = table_rows(done.stdout)
@@ -48,6 +53,9 @@ def test_bench_smoke_reports_every_figure_with_numbers(dockerd: None, tmp_path: 
     report = json.loads(out.read_text())
     assert {r["key"] for r in report["rows"]} >= COMPARED.keys() | PYNET_ONLY.keys()
     assert report["leftovers"] == []
+    # The floor driver gives no gateway: unless it says so, dockerd attaches its containers to
+    # docker_gwbridge as well, and the floor's run and connect would measure that attach.
+    assert docker_networks() - before == set()
 
 
 def test_scale_smoke_reports_every_column_and_cleans_up(dockerd: None, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from plugin import reconcile
 from plugin.app import create_app
@@ -82,6 +83,15 @@ CALL_THREADS = 8
 WORKER_THREADS = 1 + 3 + CALL_THREADS
 
 
+class _NoAccessLog(Logger):  # type: ignore[misc]
+    """gunicorn's logger without its access log. gunicorn counts the access log as on
+    whenever a logging configuration is given (as below, for its error log), and then builds
+    every request's log fields, which nothing prints; pynet logs each call itself (app.py)."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return False
+
+
 class Server(BaseApplication):  # type: ignore[misc]
     """gunicorn, embedded: one worker (state lives in one process), a few threads."""
 
@@ -100,6 +110,7 @@ class Server(BaseApplication):  # type: ignore[misc]
             "timeout": 60,
             "graceful_timeout": 5,
             "errorlog": "-",
+            "logger_class": _NoAccessLog,
             "control_socket_disable": True,  # no listener beyond the plugin socket
             "worker_exit": self._finish_deletes,
             "loglevel": self.settings.log_level,

@@ -9,6 +9,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from plugin.app import create_app, loggable
+from plugin.cli import Server
+from plugin.config import from_env
 from plugin.driver import Driver
 from plugin.errors import InvalidRequest
 from tests.unit.test_protocol import network_body
@@ -78,3 +80,17 @@ def test_loggable_escapes_what_could_break_or_fake_a_line(text: str, logged: str
 
 def test_loggable_cuts_long_values() -> None:
     assert loggable("a" * 100, 80) == "a" * 80 + "..."
+
+
+def test_gunicorn_builds_no_access_log_entries(tmp_path: Any) -> None:
+    """pynet logs each call itself; gunicorn's access log would cost every call the work of
+    formatting an entry nothing prints (it counts as on once a logging config is given)."""
+    server = Server(from_env(state_dir=str(tmp_path), socket_dir=str(tmp_path)))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logger = server.cfg.logger_class(server.cfg)  # applies the server's logging config
+        assert logger.access_log_enabled is False
+        assert logger.error_log.level == logging.INFO  # its error log is still set up
+    finally:
+        root.handlers[:], root.level = handlers, level

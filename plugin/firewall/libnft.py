@@ -27,6 +27,9 @@ from plugin.errors import KernelError
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON in <nftables/libnftables.h>
 _NETLINK_NETFILTER = 12  # <linux/netlink.h>
 LIBRARY = "libnftables.so.1"
+# <sys/select.h>: libnftables (1.0.x) waits for its netlink socket with select(), and the C
+# library aborts the whole process when that socket's descriptor number is this or more.
+FD_SETSIZE = 1024
 
 
 class Nft:
@@ -56,6 +59,7 @@ class Nft:
                 getattr(lib, name).restype = ctypes.c_char_p
             lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
             lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            _check_descriptor_room()
             ctx = lib.nft_ctx_new(0)
             if not ctx:
                 raise KernelError("nft_ctx_new failed: out of memory?")
@@ -99,6 +103,22 @@ class Nft:
 # the table names, and the ruleset's generation, which every nftables transaction on the
 # host (pynet's, dockerd's, iptables-nft's) advances.
 _FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
+
+
+def _check_descriptor_room() -> None:
+    """Refuse to make a context whose socket would get a descriptor select() cannot take.
+
+    A context keeps the socket it opens for its lifetime, and pynet makes its context at
+    start (the start-up reconcile writes the table), when few descriptors are open; this
+    turns the case where that did not happen (a process already holding a thousand
+    connections) into an error instead of an abort of every call in flight."""
+    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free number: what a socket gets
+    os.close(probe)
+    if probe >= FD_SETSIZE:
+        raise KernelError(f"libnftables' socket would get descriptor {probe}, and it cannot "
+                          f"wait on descriptors from {FD_SETSIZE} up (the process would "
+                          "abort); restart pynet so that it sets up nftables before it "
+                          "serves, or set PYNET_FIREWALL_BACKEND=iptables")
 
 
 def _netlink(request: Callable[[PyrouteNFTables], Any]) -> Any:

@@ -4,12 +4,17 @@ nothing touches the host's tables. What the table does to packets is the end-to-
 
 import ipaddress
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lab import run
 from lab.netns import thread_in_netns
+from plugin.firewall.libnft import FD_SETSIZE
 from plugin.firewall.nftables import FAMILY, NFTables, render
 from plugin.firewall.rules import Desired, NetworkSpec, PortSpec
 
@@ -193,3 +198,39 @@ def test_the_rendered_elements_read_back_as_written(nft: NFTables) -> None:
     for kind in ("set", "map"):
         for name, item in tables[kind].items():
             assert len(item.get("elem", [])) == len(state.elements[name]), name
+
+
+DESCRIPTORS = """
+import os, resource, sys
+from plugin.errors import KernelError
+from plugin.firewall.libnft import FD_SETSIZE, Nft
+resource.setrlimit(resource.RLIMIT_NOFILE, (4 * FD_SETSIZE, 4 * FD_SETSIZE))
+BATCH = "add table ip pynet-kt-fd; add chain ip pynet-kt-fd c; delete table ip pynet-kt-fd"
+early, late = Nft(), Nft()
+early.run(BATCH)  # made while few descriptors are open, as pynet's is at start
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(FD_SETSIZE + 10)]
+early.run(BATCH)
+print("early context: still works")
+try:
+    late.run(BATCH)
+except KernelError as exc:
+    print(f"late context: {exc}")
+"""
+
+
+def test_a_context_never_gets_a_descriptor_select_cannot_take() -> None:
+    """libnftables waits for its socket with select() when it sends a transaction: a context
+    made once the process holds over FD_SETSIZE descriptors would abort the process at its
+    first write. pynet's context, made early, keeps working; one made late is refused with an
+    error instead. (In a network namespace of its own: the batch writes a table.)"""
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", DESCRIPTORS],
+                          capture_output=True, text=True,
+                          timeout=60, check=False, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr  # an abort is -6, with glibc's "bit out of range"
+    early, late = done.stdout.splitlines()
+    assert early == "early context: still works"
+    refused = re.fullmatch(r"late context: libnftables' socket would get descriptor (\d+), "
+                           r"and it cannot wait on descriptors from (\d+) up .*"
+                           r"PYNET_FIREWALL_BACKEND=iptables", late)
+    assert refused is not None, late
+    assert int(refused[1]) >= int(refused[2]) == FD_SETSIZE

@@ -88,8 +88,8 @@ class _NoAccessLog(Logger):  # type: ignore[misc]
     whenever a logging configuration is given (as below, for its error log), and then builds
     every request's log fields, which nothing prints; pynet logs each call itself (app.py)."""
 
-    def _compute_access_log_enabled(self) -> bool:
-        return False
+    def access(self, *_args: object) -> None:
+        """Nothing: no access-log entry is built."""
 
 
 class Server(BaseApplication):  # type: ignore[misc]

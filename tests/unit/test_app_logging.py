@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -82,7 +83,8 @@ def test_loggable_cuts_long_values() -> None:
     assert loggable("a" * 100, 80) == "a" * 80 + "..."
 
 
-def test_gunicorn_builds_no_access_log_entries(tmp_path: Any) -> None:
+def test_gunicorn_builds_no_access_log_entries(tmp_path: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """pynet logs each call itself; gunicorn's access log would cost every call the work of
     formatting an entry nothing prints (it counts as on once a logging config is given)."""
     server = Server(from_env(state_dir=str(tmp_path), socket_dir=str(tmp_path)))
@@ -90,7 +92,10 @@ def test_gunicorn_builds_no_access_log_entries(tmp_path: Any) -> None:
     handlers, level = root.handlers[:], root.level
     try:
         logger = server.cfg.logger_class(server.cfg)  # applies the server's logging config
-        assert logger.access_log_enabled is False
+        built: list[object] = []
+        monkeypatch.setattr(logger, "atoms", lambda *args: built.append(args) or {})
+        logger.access(object(), object(), {}, timedelta(milliseconds=1))
+        assert built == []
         assert logger.error_log.level == logging.INFO  # its error log is still set up
     finally:
         root.handlers[:], root.level = handlers, level

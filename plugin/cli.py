@@ -88,7 +88,8 @@ class _NoAccessLog(Logger):  # type: ignore[misc]
     whenever a logging configuration is given (as below, for its error log), and then builds
     every request's log fields, which nothing prints; pynet logs each call itself (app.py)."""
 
-    def access(self, *_args: object) -> None:
+    def access(self, resp: object, req: object, environ: object, request_time: object
+               ) -> None:
         """Nothing: no access-log entry is built."""
 
 

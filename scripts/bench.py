@@ -124,8 +124,9 @@ class Run:
         self.figs[key].add(driver, value)
 
     def floor(self) -> None:
-        """The floor driver's network create, container run and network connect (rm
-        untimed), in the pynet column beside bridge's (copied in by ``measure``)."""
+        """The floor driver's network create, and RUN_SAMPLES container runs and network
+        connects (rm and disconnect untimed), in the pynet column beside bridge's (copied in
+        by ``measure``)."""
         net, ms = self.lab.create_network(self.floor_driver, self.lab.name("nn"))
         self.record("net_floor", "pynet", ms)
         other, _ = self.lab.create_network(self.floor_driver, self.lab.name("nn"))

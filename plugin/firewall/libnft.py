@@ -27,9 +27,12 @@ from plugin.errors import KernelError
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON in <nftables/libnftables.h>
 _NETLINK_NETFILTER = 12  # <linux/netlink.h>
 LIBRARY = "libnftables.so.1"
-# <sys/select.h>: libnftables (1.0.x) waits for its netlink socket with select(), and the C
-# library aborts the whole process when that socket's descriptor number is this or more.
+# <sys/select.h>: libnftables waits for its netlink socket with select(), and the C library
+# aborts the whole process when that socket's descriptor number is this or more.
 FD_SETSIZE = 1024
+# Other threads (gunicorn's accepts, pyroute2's sockets) may open descriptors between the
+# probe and libnftables' socket: a context is refused this close to FD_SETSIZE already.
+FD_HEADROOM = 64
 
 
 class Nft:
@@ -98,27 +101,33 @@ class Nft:
         return [item for item in objects.get("nftables", []) if "metainfo" not in item]
 
 
+def _check_descriptor_room() -> None:
+    """Refuse to make a context whose socket could get a descriptor select() cannot take.
+
+    A context keeps the socket it opens for its lifetime, and pynet makes its context at
+    start (the start-up reconcile reads or writes the table), when few descriptors are open;
+    this turns the case where that did not happen (a process already holding a thousand
+    connections) into an error instead of an abort of every call in flight. The lowest free
+    number is what the socket gets if no other thread opens one first: a bound, hence the
+    headroom. With no descriptor free at all, libnftables would exit the process."""
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY)
+    except OSError as exc:
+        raise KernelError(f"no file descriptor is free for libnftables' socket ({exc}); "
+                          "raise pynet's open-file limit or restart it") from exc
+    os.close(probe)
+    if probe >= FD_SETSIZE - FD_HEADROOM:
+        raise KernelError(f"libnftables' socket would get descriptor {probe} or near it, and "
+                          f"it cannot wait on descriptors from {FD_SETSIZE} up (the process "
+                          "would abort); restart pynet so that it sets up nftables before it "
+                          "serves, or set PYNET_FIREWALL_BACKEND=iptables")
+
+
 # What a netlink request answers without libnftables, which loads a cache of the tables it
 # touches first (every list of it, even of the table names, reads every rule and element):
 # the table names, and the ruleset's generation, which every nftables transaction on the
 # host (pynet's, dockerd's, iptables-nft's) advances.
 _FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
-
-
-def _check_descriptor_room() -> None:
-    """Refuse to make a context whose socket would get a descriptor select() cannot take.
-
-    A context keeps the socket it opens for its lifetime, and pynet makes its context at
-    start (the start-up reconcile writes the table), when few descriptors are open; this
-    turns the case where that did not happen (a process already holding a thousand
-    connections) into an error instead of an abort of every call in flight."""
-    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free number: what a socket gets
-    os.close(probe)
-    if probe >= FD_SETSIZE:
-        raise KernelError(f"libnftables' socket would get descriptor {probe}, and it cannot "
-                          f"wait on descriptors from {FD_SETSIZE} up (the process would "
-                          "abort); restart pynet so that it sets up nftables before it "
-                          "serves, or set PYNET_FIREWALL_BACKEND=iptables")
 
 
 def _netlink(request: Callable[[PyrouteNFTables], Any]) -> Any:

@@ -1,9 +1,11 @@
-"""What a request carries cannot forge lines in pynet's log, nor in dockerd's."""
+"""pynet's log: what a request carries cannot forge lines in it, nor in dockerd's, and
+gunicorn adds no access log to it."""
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -83,13 +85,14 @@ def test_loggable_cuts_long_values() -> None:
     assert loggable("a" * 100, 80) == "a" * 80 + "..."
 
 
-def test_gunicorn_builds_no_access_log_entries(tmp_path: Any,
+def test_gunicorn_builds_no_access_log_entries(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """pynet logs each call itself; gunicorn's access log would cost every call the work of
-    formatting an entry nothing prints (it counts as on once a logging config is given)."""
-    server = Server(from_env(state_dir=str(tmp_path), socket_dir=str(tmp_path)))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    building an entry nothing prints (it counts as on once a logging config is given)."""
+    server = Server(from_env(state_dir=str(tmp_path), socket_dir=str(tmp_path),
+                             log_level="info"))
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate)
+             for lg in (logging.getLogger(), logging.getLogger("gunicorn.error"))]
     try:
         logger = server.cfg.logger_class(server.cfg)  # applies the server's logging config
         built: list[object] = []
@@ -98,4 +101,5 @@ def test_gunicorn_builds_no_access_log_entries(tmp_path: Any,
         assert built == []
         assert logger.error_log.level == logging.INFO  # its error log is still set up
     finally:
-        root.handlers[:], root.level = handlers, level
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

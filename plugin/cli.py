@@ -61,6 +61,11 @@ def setup_logging(level: str) -> None:
 
 def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
     """Restore state before the first call is answered, then re-check every interval."""
+    try:  # before anything can change unheard
+        looks = reconcile.Looks(driver.netlink.events())
+    except Exception:
+        log.exception("cannot listen for link changes; the periodic check will always look")
+        looks = reconcile.Looks(None)
     try:
         with driver.exclusive():
             done = reconcile.restore(driver)
@@ -68,12 +73,15 @@ def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
     except Exception:
         log.exception("start-up reconcile failed; serving anyway, will retry")
     driver.ready.set()
-    while not stop.wait(driver.settings.reconcile_interval):
-        try:
-            reconcile.periodic(driver)
-        except Exception:
-            log.exception("periodic reconcile failed")
-        release_free_memory()
+    try:
+        while not stop.wait(driver.settings.reconcile_interval):
+            try:
+                reconcile.periodic(driver, looks)
+            except Exception:
+                log.exception("periodic reconcile failed")
+            release_free_memory()
+    finally:
+        looks.close()
 
 
 # gthread's pool: calls served at once. It starts threads as calls overlap, up to this many;

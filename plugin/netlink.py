@@ -9,6 +9,7 @@ own, so clean-up never touches a bridge the user made or another instance's link
 import errno
 import fcntl
 import ipaddress
+import logging
 import secrets
 import socket
 import struct
@@ -22,8 +23,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netns import create_socket
 
 from plugin.errors import Conflict, KernelError
+
+log = logging.getLogger(__name__)
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -56,6 +60,8 @@ HAIRPIN: dict[str, object] = {"IFLA_LINKINFO": {"attrs": [
 _NLA_TYPE_MASK = 0x3FFF  # without the nested / byte-order flag bits
 # Where the attributes start in a message: after nlmsghdr (16 bytes) and ifinfomsg / ifaddrmsg.
 _LINK_ATTRS_AT, _ADDRESS_ATTRS_AT = 16 + 16, 16 + 8
+# rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 and IPv6 addresses.
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 
 
 def _attributes(data: bytes, start: int, end: int, wanted: set[int]) -> dict[int, bytes]:
@@ -120,6 +126,47 @@ class _AddressMessage(ifaddrmsg):
             self.address = ipaddress.ip_interface((ipaddress.ip_address(raw), self["prefixlen"]))
 
 
+class LinkEvents:
+    """A socket the kernel writes to whenever a link or an address in the namespace changes
+    (created, deleted, moved to another namespace, set up or down, given another MTU or
+    master). The messages themselves are not read, only whether any came: the periodic check
+    uses it to skip dumping every link and address when nothing changed (reconcile.Looks)."""
+
+    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._sock = create_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW,
+                                   socket.NETLINK_ROUTE)
+        try:
+            self._sock.setblocking(False)
+            self._sock.bind((0, self.GROUPS))
+        except OSError:
+            self._sock.close()
+            raise
+        self._buffer = bytearray(65536)  # messages are not read: a longer one is cut short
+
+    def changed(self) -> bool:
+        """Whether anything changed since the previous call (or since the socket was made);
+        reads what is queued. A queue that overflowed (ENOBUFS: the kernel dropped messages)
+        counts as a change, and so does any other error: the caller then looks, as it would
+        without this socket."""
+        seen = False
+        while True:
+            try:
+                self._sock.recv_into(self._buffer)
+            except BlockingIOError:
+                return seen
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    log.warning("reading link events: %s; looking anyway", exc)
+                    return True
+            seen = True
+
+    def close(self) -> None:
+        """Release the socket."""
+        self._sock.close()
+
+
 def random_local_mac() -> str:
     """A locally administered MAC with Docker's 02:42 prefix, as the bridge driver gives bridges."""
     return "02:42:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(4))
@@ -151,8 +198,12 @@ class Netlink:
         as the kernel takes, which must not hold up creates on this one."""
         return Netlink(self._netns)
 
+    def events(self) -> LinkEvents:
+        """A socket told of every link and address change in this namespace from now on."""
+        return LinkEvents(self._netns)
+
     def _open(self) -> IPRoute:
-        # groups=0: no multicast subscription; pynet asks, it never listens for events.
+        # groups=0: no multicast subscription; this socket asks (LinkEvents listens).
         ipr = IPRoute(netns=self._netns, groups=0) if self._netns else IPRoute(groups=0)
         ipr.register_policy({RTM_NEWLINK: _LinkMessage, RTM_NEWADDR: _AddressMessage})
         return ipr

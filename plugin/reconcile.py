@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from plugin.netlink import Interface, Link, Netlink
+from plugin.netlink import Interface, Link, LinkEvents, Netlink
 from plugin.store import DELETING, READY, EndpointRecord, NetworkRecord, Store
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 # An endpoint's container end sits in the host namespace between CreateEndpoint and the moment
 # dockerd moves it into the container; only after this long does it mean "container gone".
 PEER_GRACE_SECONDS = 60.0
+# The periodic check looks at every link and address at least this often, even when nothing
+# seemed to change: a safety net for whatever the skip's conditions (Looks) did not foresee.
+FULL_LOOK_SECONDS = 60.0
 
 
 class Repairable(Protocol):
@@ -210,9 +213,64 @@ def _applied(actions: list[Action]) -> list[str]:
             if error is None]
 
 
-def periodic(driver: Repairable) -> list[str]:
-    """One periodic pass: finish answered deletes, look without the lock, repair what a quiet
-    look found.
+@dataclass(frozen=True)
+class _Seen:
+    """What a look at the links started from: the driver's epoch, the records, and when
+    (on the Looks' clock)."""
+
+    epoch: int
+    networks: tuple[NetworkRecord, ...]
+    endpoints: list[EndpointRecord]
+    at: float
+
+
+class Looks:
+    """Whether the periodic check must dump every link and address again.
+
+    The dumps cost in proportion to the links on the host (with a thousand bridges, a large
+    part of a CPU's second per pass), and nearly always find nothing. What they check can
+    change in four ways: the kernel's links and addresses (``LinkEvents`` hears of every
+    change), the records (the networks' tuple is the same object until one changes; the
+    endpoints are compared), a call (the epoch), or time alone (an endpoint whose container
+    end is still on the host turns dead when its grace period ends). A look is skipped only
+    when none of these moved since the last one, and that look was quiet (no call ran) and
+    found nothing; and never for longer than FULL_LOOK_SECONDS.
+    """
+
+    def __init__(self, events: LinkEvents | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._events = events  # None: no socket could be made; every pass looks
+        self._clock = clock
+        self._clean: _Seen | None = None  # the last look, if it was quiet and found nothing
+
+    def start(self, driver: Repairable) -> _Seen | None:
+        """Before a look: what it starts from, or None if it can be skipped. Taken before
+        the dumps, so whatever changes during them makes the next pass look again."""
+        changed = self._events is None or self._events.changed()
+        seen = _Seen(driver.epoch, driver.store.networks(), driver.store.endpoints(),
+                     self._clock())
+        last = self._clean
+        if (last is None or changed or seen.epoch != last.epoch
+                or seen.networks is not last.networks or seen.endpoints != last.endpoints
+                or seen.at - last.at >= FULL_LOOK_SECONDS
+                or any(e.state == READY and not e.in_container for e in seen.endpoints)):
+            self._clean = None
+            return seen
+        return None
+
+    def finished(self, seen: _Seen, clean: bool) -> None:
+        """After a look from ``seen``: ``clean`` if it was quiet and found nothing."""
+        self._clean = seen if clean else None
+
+    def close(self) -> None:
+        """Release the events socket."""
+        if self._events is not None:
+            self._events.close()
+
+
+def periodic(driver: Repairable, looks: Looks) -> list[str]:
+    """One periodic pass: finish answered deletes, look without the lock (unless ``looks``
+    says nothing changed since a clean look), repair what a quiet look found.
 
     Looking takes a few dumps (tens of milliseconds with hundreds of networks) and nearly
     always finds nothing; holding the driver's lock for it would stall every call meanwhile.
@@ -224,12 +282,16 @@ def periodic(driver: Repairable) -> list[str]:
     """
     driver.reap()  # also retries what it failed at before
     done: list[str] = []
-    epoch = driver.epoch
-    links = _links(driver)  # one dump serves both looks (each decodes every link on the host)
-    note_in_container(driver, links)
-    if _link_actions(driver, deletes=False, links=links) and _quiet(driver, epoch):
-        with driver.locked():
-            done += _applied(_link_actions(driver, deletes=False))
+    seen = looks.start(driver)
+    if seen is not None:
+        links = _links(driver)  # one dump serves both looks (each decodes every link)
+        note_in_container(driver, links)
+        found = _link_actions(driver, deletes=False, links=links)
+        quiet = _quiet(driver, seen.epoch)
+        if found and quiet:
+            with driver.locked():
+                done += _applied(_link_actions(driver, deletes=False))
+        looks.finished(seen, clean=quiet and not found)
     epoch = driver.epoch
     rules = _firewall_actions(driver)
     if rules and _quiet(driver, epoch):

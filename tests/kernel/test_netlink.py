@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab import wait_for
 from lab.netns import thread_in_netns
 from plugin.errors import Conflict, KernelError
 from plugin.netlink import Netlink, mac_from_ipv4
@@ -169,3 +170,26 @@ def test_routes_overlapping_a_pool_are_those_that_overlap_it(nl: Netlink, ns: st
     network = ipaddress.IPv4Network(pool)
     assert nl.routes_v4(overlapping=network) == [r for r in every if r[0].overlaps(network)]
     assert nl.routes_v4(skip={"pt-routes"}) == [r for r in every if r[1] != "pt-routes"]
+
+
+def test_link_events_tell_of_every_change_the_periodic_check_looks_for(nl: Netlink,
+                                                                         ns: str) -> None:
+    """What the periodic check skips its dumps on (reconcile.Looks): each change that would
+    alter its findings is heard, and once the kernel is done with it, nothing more is (the
+    kernel may follow a change with more messages of its own, carrier and the like)."""
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
+    events = nl.events()
+    try:
+        changes = [["link", "set", "pnbr0", "down"], ["link", "set", "pnbr0", "up"],
+                   ["link", "set", "pnh0", "mtu", "1400"], ["link", "set", "pnh0", "nomaster"],
+                   ["addr", "add", "10.231.250.1/24", "dev", "pnbr0"],
+                   ["addr", "del", "10.231.250.1/24", "dev", "pnbr0"],
+                   ["addr", "add", "fd00:231::1/64", "dev", "pnbr0"],
+                   ["link", "del", "pnh0"], ["link", "del", "pnbr0"]]
+        for change in changes:
+            wait_for("the link events to stop", lambda: not events.changed())
+            subprocess.run(["ip", "-n", ns, *change], check=True)
+            assert events.changed() is True, change
+    finally:
+        events.close()

@@ -118,6 +118,10 @@ class Server(BaseApplication):  # type: ignore[misc]
             "umask": 0o117,  # socket 0660, root's
             "timeout": 60,
             "graceful_timeout": 5,
+            # Seconds an idle dockerd connection stays open. A stop (plugin disable, upgrade)
+            # waits for idle connections up to this long after their last call; dockerd's
+            # calls for one command come milliseconds apart, so 1 s (the least) loses nothing.
+            "keepalive": 1,
             "errorlog": "-",
             "logger_class": _NoAccessLog,
             "control_socket_disable": True,  # no listener beyond the plugin socket

@@ -272,10 +272,10 @@ def test_calls_reach_dockerd_log_at_info_with_duration(plugin: Plugin, res: Reso
         pytest.skip("dockerd's stdout is not a file; cannot read its log")
     offset = log.stat().st_size
     res.network(plugin.ref)
-    line = re.compile(r'level=info msg="[^"]*CreateNetwork ok [0-9.]+ms" plugin=' + plugin.id())
+    ours = f"plugin={plugin.id()}"
+    line = re.compile(r'level=info msg="[^"]*CreateNetwork ok [0-9.]+ms" ' + ours)
     wait_for("CreateNetwork in dockerd's log", lambda: line.search(log_since(log, offset)))
-    errors = [x for x in log_since(log, 0).splitlines()
-              if "level=error" in x and f"plugin={plugin.id()}" in x]
+    errors = [x for x in log_since(log, 0).splitlines() if "level=error" in x and ours in x]
     assert not errors, "plugin output on stderr (dockerd files it as errors):\n" + "\n".join(
         errors[:5])
 

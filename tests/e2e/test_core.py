@@ -22,7 +22,7 @@ from lab import (
     wait_for,
 )
 from tests.conftest import Resources
-from tests.e2e.consistency import wait_reaped
+from tests.e2e.consistency import wait_reaped, wait_settled
 
 
 def inspect(obj: str, fmt: str) -> str:
@@ -198,6 +198,7 @@ def test_internal_network_still_connects_its_members(pynet: Instance, res: Resou
 def test_refused_options_leave_nothing(pynet: Instance, res: Resources, opts: list[str],
                                        message: str) -> None:
     wait_reaped(pynet)  # the previous test's removals must not end inside this one
+    wait_settled(pynet)  # nor the start-up restore's writes, when this test starts the instance
     before_links = {item["ifname"] for item in links()}
     before_rules = instance_firewall(pynet.name)
     done = docker("network", "create", "-d", pynet.name, "--subnet", str(res.subnets.take()),

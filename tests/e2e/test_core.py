@@ -214,9 +214,7 @@ def test_second_network_on_the_same_bridge_name_is_refused(pynet: Instance,
                                                            res: Resources) -> None:
     br = f"pn-{res.tag}"
     first = res.network(pynet.name, "-o", f"com.docker.network.bridge.name={br}")
-    # A network's rules are written after CreateNetwork answers (deferred_rules.py); its
-    # first endpoint waits for them, so the snapshot below is of the finished network.
-    c = res.run("--network", first)
+    wait_settled(pynet)  # its rules are written after CreateNetwork answers (deferred_rules.py)
     def own_rules() -> list[str]:  # other tests may be changing theirs meanwhile
         return instance_firewall(pynet.name) + [r for r in iptables_save().splitlines()
                                                 if br in r]
@@ -226,7 +224,8 @@ def test_second_network_on_the_same_bridge_name_is_refused(pynet: Instance,
     assert done.returncode != 0
     assert f"bridge {br} is already used by network" in done.stderr
     assert own_rules() == rules
-    assert pings(c, gateway(first))  # the first network is untouched
+    c = res.run("--network", first)  # the first network is untouched
+    assert pings(c, gateway(first))
 
 
 def test_restart_keeps_networks_working(dockerd: None, res: Resources) -> None:

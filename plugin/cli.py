@@ -10,7 +10,6 @@ import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.glogging import Logger
 
 from plugin import reconcile
 from plugin.app import create_app
@@ -84,21 +83,11 @@ def keep_reconciling(driver: Driver, stop: threading.Event) -> None:
         looks.close()
 
 
-# gthread's pool: calls served at once. It starts threads as calls overlap, up to this many;
-# the worker also runs its main thread, the reconciler, the reaper and the driver's side
-# thread (CreateNetwork's iptables-restore).
+# Connections served at once, a thread each (plugin.worker); the worker also runs its main
+# thread, the reconciler, the reaper and the driver's side thread (CreateNetwork's
+# iptables-restore).
 CALL_THREADS = 8
 WORKER_THREADS = 1 + 3 + CALL_THREADS
-
-
-class _NoAccessLog(Logger):  # type: ignore[misc]
-    """gunicorn's logger without its access log. gunicorn counts the access log as on
-    whenever a logging configuration is given (as below, for its error log), and then builds
-    every request's log fields, which nothing prints; pynet logs each call itself (app.py)."""
-
-    def access(self, resp: object, req: object, environ: object, request_time: object
-               ) -> None:
-        """Nothing: no access-log entry is built."""
 
 
 class Server(BaseApplication):  # type: ignore[misc]
@@ -113,17 +102,16 @@ class Server(BaseApplication):  # type: ignore[misc]
         config = {
             "bind": f"unix:{self.settings.socket_path}",
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "plugin.worker.ConnectionWorker",
             "threads": CALL_THREADS,
             "umask": 0o117,  # socket 0660, root's
             "timeout": 60,
             "graceful_timeout": 5,
-            # Seconds an idle dockerd connection stays open. A stop (plugin disable, upgrade)
-            # waits for idle connections up to this long after their last call; dockerd's
-            # calls for one command come milliseconds apart, so 1 s (the least) loses nothing.
+            # Seconds an idle dockerd connection stays open, holding one of the CALL_THREADS
+            # slots; dockerd's calls for one command come milliseconds apart, so 1 s (the
+            # least) loses nothing. A stop ends idle connections at once (plugin.worker).
             "keepalive": 1,
             "errorlog": "-",
-            "logger_class": _NoAccessLog,
             "control_socket_disable": True,  # no listener beyond the plugin socket
             "worker_exit": self._finish_deletes,
             "loglevel": self.settings.log_level,

@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     # Growth is judged over the second half: dockerd's keep-alive connections grow to their
     # peak once (bounded), and fds in flight vary by a few from one sample to the next; a leak
     # keeps growing. So RSS: last minus middle; fds: the second half's peak over the first
-    # half's. gthread's pool starts a thread whenever calls overlap more than ever before,
-    # which may happen late in a run: threads must stay within the worker's fixed maximum.
+    # half's. The worker runs a thread per open dockerd connection, which come and go with
+    # the calls' overlap, late in a run too: threads must stay within the worker's maximum.
     first, middle, last = samples[0], samples[len(samples) // 2], samples[-1]
     halves = samples[:len(samples) // 2 + 1], samples[len(samples) // 2:]
     verdict = {

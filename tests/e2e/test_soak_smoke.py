@@ -13,7 +13,7 @@ def test_short_soak_is_flat(res: Resources) -> None:
                 "--subnet", str(res.subnets.take())], check=False, timeout=600)
     verdict = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     assert verdict.get("flat") and done.returncode == 0, done.stdout + done.stderr
-    # gthread starts a pool thread whenever calls overlap more than before, late or early:
-    # threads are judged against the worker's fixed ceiling, fds by their growth.
+    # The worker's threads come and go with dockerd's connections, late or early: threads
+    # are judged against the worker's ceiling, fds by their growth.
     assert verdict["second_half"]["fd_growth"] <= 3, verdict
     assert verdict["end"]["threads"] <= verdict["thread_ceiling"], verdict

@@ -1,19 +1,14 @@
-"""pynet's log: what a request carries cannot forge lines in it, nor in dockerd's, and
-gunicorn adds no access log to it."""
+"""pynet's log: what a request carries cannot forge lines in it, nor in dockerd's."""
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from flask.testing import FlaskClient
 
 from plugin.app import create_app, loggable
-from plugin.cli import Server
-from plugin.config import from_env
 from plugin.driver import Driver
 from plugin.errors import InvalidRequest
 from tests.unit.test_protocol import network_body
@@ -83,23 +78,3 @@ def test_loggable_escapes_what_could_break_or_fake_a_line(text: str, logged: str
 
 def test_loggable_cuts_long_values() -> None:
     assert loggable("a" * 100, 80) == "a" * 80 + "..."
-
-
-def test_gunicorn_builds_no_access_log_entries(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynet logs each call itself; gunicorn's access log would cost every call the work of
-    building an entry nothing prints (it counts as on once a logging config is given)."""
-    server = Server(from_env(state_dir=str(tmp_path), socket_dir=str(tmp_path),
-                             log_level="info"))
-    saved = [(lg, lg.handlers[:], lg.level, lg.propagate)
-             for lg in (logging.getLogger(), logging.getLogger("gunicorn.error"))]
-    try:
-        logger = server.cfg.logger_class(server.cfg)  # applies the server's logging config
-        built: list[object] = []
-        monkeypatch.setattr(logger, "atoms", lambda *args: built.append(args) or {})
-        logger.access(object(), object(), {}, timedelta(milliseconds=1))
-        assert built == []
-        assert logger.error_log.level == logging.INFO  # its error log is still set up
-    finally:
-        for lg, handlers, level, propagate in saved:
-            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

@@ -1,20 +1,25 @@
-"""pynet's gunicorn worker: each dockerd connection served on a thread of its own.
+"""pynet's gunicorn worker: a dockerd connection is served by one thread from start to end.
 
 dockerd keeps a handful of connections to a plugin and sends one call at a time on each.
 gunicorn's ``gthread`` worker hands every request on a kept-alive connection from its main
-thread's poller to a pool thread (and the connection back after the answer), two thread
-wake-ups a call that a connection's own thread blocked in ``recv`` does not pay: on this
-socket it answers a call in about two thirds of gthread's time, and a ``docker run`` or
+thread's poller to a pool thread (and the connection back after the answer): two thread
+wake-ups a call, which this VM's scheduler makes expensive. Here a thread keeps its
+connection, blocked in ``recv`` between calls, until it closes; a call to pynet over a
+kept-alive connection takes about three quarters of gthread's time, and a ``docker run`` or
 ``network connect`` is five to seven calls. The HTTP parsing and WSGI plumbing are gunicorn's.
 
-At most ``threads`` connections are open at once (the setting's meaning in gunicorn: calls
-served at once); more wait in the listener's backlog. A stop (SIGTERM) closes the listener,
-ends idle connections at once (a request already in their socket is still read and answered,
-with ``Connection: close``) and waits up to ``graceful_timeout`` for calls in progress.
+The threads are a pool of at most ``threads`` (the setting's meaning in gunicorn: calls
+served at once), started as connections overlap and kept for the next connection: each
+thread that makes a netlink call gets a netlink socket of its own from pyroute2, so threads
+must not come and go with connections. While every thread has a connection, more wait in the
+listener's backlog. A stop (SIGTERM) closes the listener, ends idle connections at once (a
+request already in their socket is still read and answered, with ``Connection: close``) and
+waits up to ``graceful_timeout`` for calls in progress.
 """
 
 import contextlib
 import os
+import queue
 import select
 import socket
 import threading
@@ -24,15 +29,21 @@ from gunicorn.http import RequestParser, wsgi
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base
 
+# A connection, its peer's address and the listener it came in on.
+_Accepted = tuple[socket.socket, object, socket.socket]
+
 
 class ConnectionWorker(base.Worker):  # type: ignore[misc]
-    """A gunicorn worker with a thread per connection (see the module docstring)."""
+    """A gunicorn worker whose threads each serve a connection at a time (see the module
+    docstring)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._idle: dict[socket.socket, bool] = {}  # open connections: waiting for a call?
         self._threads: list[threading.Thread] = []
+        self._spare = 0  # threads waiting for a connection
+        self._accepted: queue.SimpleQueue[_Accepted | None] = queue.SimpleQueue()
 
     def run(self) -> None:
         """Accept connections until told to stop (or orphaned), then stop gracefully."""
@@ -60,11 +71,19 @@ class ConnectionWorker(base.Worker):  # type: ignore[misc]
             return  # another accept took it, or the client gave up
         with self._lock:
             self._idle[conn] = True
-            self._threads = [t for t in self._threads if t.is_alive()]
-            thread = threading.Thread(target=self._serve, args=(conn, addr, listener),
-                                      name="call", daemon=True)
-            self._threads.append(thread)
-        thread.start()
+            if self._spare:
+                self._spare -= 1
+            else:  # fewer threads than connections, so fewer than ``threads``
+                thread = threading.Thread(target=self._take_connections, name="call",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._accepted.put((conn, addr, listener))
+
+    def _take_connections(self) -> None:
+        """A pool thread: serve accepted connections, one at a time, until the stop."""
+        while (accepted := self._accepted.get()) is not None:
+            self._serve(*accepted)
 
     def _serve(self, conn: socket.socket, addr: object, listener: socket.socket) -> None:
         """Answer the calls on one connection until it closes, idles past keepalive, or the
@@ -87,10 +106,11 @@ class ConnectionWorker(base.Worker):  # type: ignore[misc]
         except Exception as exc:
             self.handle_error(req, conn, addr, exc)  # a 400 for a malformed request
         finally:
-            conn.close()
             with self._lock:
                 was_full = len(self._idle) >= self.cfg.threads
                 del self._idle[conn]
+                self._spare += 1  # this thread, once the connection is closed
+            conn.close()
             if was_full:
                 with contextlib.suppress(BlockingIOError):  # a wake-up is pending anyway
                     os.write(self.PIPE[1], b".")  # the main thread may accept again
@@ -122,6 +142,8 @@ class ConnectionWorker(base.Worker):  # type: ignore[misc]
                     except OSError:
                         pass  # the client closed it already
             threads = list(self._threads)
+        for _ in threads:
+            self._accepted.put(None)  # after any connection still queued
         deadline = time.monotonic() + self.cfg.graceful_timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,6 +1,6 @@
-"""plugin.worker under a real gunicorn arbiter on a Unix socket: a thread per connection,
-keep-alive, the cap on open connections, and a stop that ends idle connections at once
-while calls in progress finish."""
+"""plugin.worker under a real gunicorn arbiter on a Unix socket: a connection keeps its
+thread, threads are kept for later connections, keep-alive, the cap on open connections, and
+a stop that ends idle connections at once while calls in progress finish."""
 
 import os
 import signal
@@ -119,6 +119,21 @@ def test_a_connection_keeps_its_thread_across_calls(tmp_path: Path) -> None:
         finally:
             first.close()
             second.close()
+
+
+def test_connections_one_after_another_share_a_thread(tmp_path: Path) -> None:
+    """Threads are kept for the next connection (each holds a netlink socket in pynet)."""
+    with server(tmp_path) as (_, sock):
+        threads = set()
+        for _ in range(10):
+            conn = connect(sock)
+            try:
+                threads.add(call(conn)[1])
+                conn.shutdown(socket.SHUT_WR)
+                assert conn.recv(1) == b""  # the server closed it: its thread is free
+            finally:
+                conn.close()
+        assert len(threads) == 1, threads
 
 
 def test_an_idle_connection_closes_after_keepalive(tmp_path: Path) -> None:

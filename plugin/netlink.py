@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from pyroute2 import Conntrack, IPRoute
 from pyroute2.conntrack import NFCTAttrTuple
@@ -206,6 +207,11 @@ class Netlink:
         # groups=0: no multicast subscription; this socket asks (LinkEvents listens).
         ipr = IPRoute(netns=self._netns, groups=0) if self._netns else IPRoute(groups=0)
         ipr.register_policy({RTM_NEWLINK: _LinkMessage, RTM_NEWADDR: _AddressMessage})
+        # pyroute2 keeps its socket, event loop and message queue per thread: a thread other
+        # than this one gets a socket of its own, and an event loop built and torn down
+        # around each of its calls (most of a call's time for a small request). Every call
+        # here holds self._lock, so all threads share this thread's.
+        ipr.asyncore.local = SimpleNamespace(**vars(ipr.asyncore.local))
         return ipr
 
     def close(self) -> None:

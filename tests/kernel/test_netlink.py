@@ -2,8 +2,10 @@
 
 import ipaddress
 import json
+import os
 import secrets
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -154,6 +156,21 @@ def test_links_and_addresses_read_as_ip_shows_them(nl: Netlink, ns: str) -> None
     assert nl.all_addresses()[bridge] == nl.addresses("pnbr0") >= {
         GW, ipaddress.ip_interface("fd00:231::1/64")}
     assert {str(a) for a in nl.addresses("pnbr0")} == set(ip_addrs(ns, "pnbr0"))
+
+
+def test_calls_from_other_threads_share_the_one_socket(nl: Netlink, ns: str) -> None:
+    """pyroute2 would give every calling thread a socket of its own, opened in that thread's
+    namespace and kept until the Netlink closes: the worker's fds would grow with its
+    threads, and a thread of another namespace would ask the wrong kernel."""
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    fds = len(os.listdir("/proc/self/fd"))
+    found: list[object] = []
+    threads = [threading.Thread(target=lambda: found.append(nl.get("pnbr0"))) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    assert [getattr(link, "alias", None) for link in found] == ["pynet:k:1"] * 5
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest.mark.parametrize("pool", ["10.231.240.0/24", "10.231.0.0/16", "10.0.0.0/8",

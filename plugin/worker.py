@@ -3,18 +3,19 @@
 dockerd keeps a handful of connections to a plugin and sends one call at a time on each.
 gunicorn's ``gthread`` worker hands every request on a kept-alive connection from its main
 thread's poller to a pool thread (and the connection back after the answer): two thread
-wake-ups a call, which this VM's scheduler makes expensive. Here a thread keeps its
-connection, blocked in ``recv`` between calls, until it closes; a call to pynet over a
-kept-alive connection takes about three quarters of gthread's time, and a ``docker run`` or
-``network connect`` is five to seven calls. The HTTP parsing and WSGI plumbing are gunicorn's.
+wake-ups a call, which are slow on a virtualised host, and a ``docker run`` or ``network
+connect`` is five to seven calls. Here a thread keeps its connection, blocked in ``recv``
+between calls, until it closes (README, Benchmark, has the measurements). The HTTP parsing
+and WSGI plumbing are gunicorn's.
 
 The threads are a pool of at most ``threads`` (the setting's meaning in gunicorn: calls
-served at once), started as connections overlap and kept for the next connection: each
-thread that makes a netlink call gets a netlink socket of its own from pyroute2, so threads
-must not come and go with connections. While every thread has a connection, more wait in the
-listener's backlog. A stop (SIGTERM) closes the listener, ends idle connections at once (a
-request already in their socket is still read and answered, with ``Connection: close``) and
-waits up to ``graceful_timeout`` for calls in progress.
+served at once), started as connections overlap and kept for the next connection: a docker
+command does not pay for a thread's start, and whatever a library keeps per thread stays
+bounded (pyroute2 did keep a socket per thread, before plugin.netlink shared one). While
+every thread has a connection, more wait in the listener's backlog. A stop (SIGTERM) closes
+the listener, ends idle connections at once (a request already in their socket is still read
+and answered, with ``Connection: close``) and waits up to ``graceful_timeout`` for calls in
+progress.
 """
 
 import contextlib

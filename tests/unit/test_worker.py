@@ -52,16 +52,19 @@ SERVER = textwrap.dedent('''
 def server(tmp_path: Path, threads: int = 4, keepalive: int = 30
            ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """The server running on ``tmp_path``/s.sock; stopped (killed if it must be) on exit."""
-    script, sock = tmp_path / "server.py", tmp_path / "s.sock"
+    script, sock, log = tmp_path / "server.py", tmp_path / "s.sock", tmp_path / "server.log"
     script.write_text(SERVER)
     os.mkfifo(tmp_path / "release")
-    proc = subprocess.Popen([sys.executable, str(script), str(sock), str(tmp_path),
-                             str(threads), str(keepalive)], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # gunicorn's log goes to a file: a pipe nobody reads while the server runs could fill
+    # and block it.
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script), str(sock), str(tmp_path),
+                                 str(threads), str(keepalive)], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for("the server's socket", lambda: sock.is_socket() or proc.poll() is not None)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, log.read_text()
         yield proc, sock
     finally:
         if proc.poll() is None:
@@ -71,8 +74,6 @@ def server(tmp_path: Path, threads: int = 4, keepalive: int = 30
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def connect(sock: Path) -> socket.socket:

@@ -6,13 +6,16 @@ and, where dockerd runs its nftables backend, pynet with its nftables backend - 
 the measured network first (in an iptables layout its rules sit deepest: pynet appends a new
 network's rules, Docker inserts them on top), puts a server (TCP sink and echo, both
 published) and a client on it, then grows the driver's networks to each count with empty
-networks and measures at every step: container-to-container TCP throughput and ping RTT,
-host-to-published-port throughput and RTT, and the time of network create and rm (an extra
-network, made and removed a few times). Then the grown networks are removed and the first
-count is measured again ("first again"): this VM's data-plane figures drift between minutes of one
-run, and a ratio means something only where the first count's two figures agree. A column's
-networks are removed before the next one starts. The table gives every figure and its ratio to
-the same column's first figure.
+networks and measures at every step (a pynet column once its instance is quiet again):
+container-to-container TCP throughput and ping RTT, host-to-published-port throughput and
+RTT, the time of network create and rm (an extra network, made and removed a few times), and
+how many firewall rules a packet of each path is evaluated against, its connection's first
+and the costliest later one (counted from nftables' trace, ``lab/bench/rulewalk.py``: exact,
+where throughput and RTT move with the machine). Then the grown networks are removed and the
+first count is measured again ("first again"): this VM's data-plane figures drift between
+minutes of one run, and a ratio means something only where the first count's two figures
+agree. A column's networks are removed before the next one starts. The table gives every
+figure and its ratio to the same column's first figure.
 
 The ``floor`` column is the benchmark's floor remote driver (``lab/bench/floor.py``: answers at
 once, no bridge, no rules) grown the same way: its create and rm are what dockerd spends by
@@ -70,8 +73,14 @@ from lab.bench.probes import (  # noqa: E402
     throughput_c2c,
     throughput_host,
 )
-from lab.bench.pynet_side import bench_instance, machine  # noqa: E402
+from lab.bench.pynet_side import (  # noqa: E402
+    bench_instance,
+    machine,
+    wait_until_quiet,
+    worker_pid,
+)
 from lab.bench.resources import Lab, Net, host_address, timed  # noqa: E402
+from lab.bench.rulewalk import first_and_established, walk_rules  # noqa: E402
 
 PREFIX = 28  # 4,096 subnets in the pool: every column's networks fit, none reused
 SAMPLES = 11  # network create/rm samples per step (their median: five moved by ~10 ms run to run)
@@ -86,6 +95,14 @@ FIGURES = {  # key: (label, unit, higher is better)
     "create": ("network create", "ms", False),
     "rm": ("network rm", "ms", False),
     "rules": ("firewall rules and elements on the host", "", False),
+    "walk_c2c_first": ("rules a packet is evaluated against, container -> container, "
+                       "first of a connection", "", False),
+    "walk_c2c": ("rules a packet is evaluated against, container -> container, later "
+                 "packets (most)", "", False),
+    "walk_pub_first": ("rules a packet is evaluated against, host -> published port, "
+                       "first of a connection", "", False),
+    "walk_pub": ("rules a packet is evaluated against, host -> published port, later "
+                 "packets (most)", "", False),
 }
 
 
@@ -103,8 +120,9 @@ def firewall_size() -> int:
 class Column:
     """One driver (and pynet backend) grown step by step on the measured network."""
 
-    def __init__(self, label: str, driver: str, lab: Lab, mib: int, pings: int) -> None:
-        self.label, self.driver, self.lab = label, driver, lab
+    def __init__(self, label: str, driver: str, lab: Lab, mib: int, pings: int,
+                 inst: Instance | None) -> None:
+        self.label, self.driver, self.lab, self.inst = label, driver, lab, inst
         self.mib, self.pings = mib, pings
         self.made = 0
         self.host_ip = host_address()
@@ -115,6 +133,7 @@ class Column:
         """The measured network, first of the column's, with its server and client (the
         floor's has neither: its networks carry no traffic)."""
         net, _ = self.lab.create_network(self.driver, self.lab.name("m"))
+        self.subnet = net.subnet
         self.made = 1
         if self.label == FLOOR:
             return
@@ -145,6 +164,12 @@ class Column:
                 for net in made:
                     self.stand_ins.add(ipr, net)
         self.made = count
+        self.settle()
+
+    def settle(self) -> None:
+        """A pynet column's instance done with what it does after its answers."""
+        if self.inst is not None and self.inst.proc is not None:
+            wait_until_quiet(worker_pid(self.inst.proc.pid))
 
     def shrink(self) -> None:
         """Remove the grown networks: only the measured one is left."""
@@ -157,6 +182,7 @@ class Column:
             wait_for("the grown networks' bridges to go",
                      lambda: len(instance_links(self.driver)) <= self.links,
                      timeout=300, interval=0.5)
+        self.settle()
 
     def measure(self) -> dict[str, float]:
         """Every figure, once (medians inside each probe and over the change samples)."""
@@ -167,7 +193,8 @@ class Column:
                    "rtt_c2c": ping_rtt(self.client, self.server_ip, self.pings),
                    "tput_pub": statistics.median(throughput_host(self.host_ip, self.sink_port,
                                                                  self.mib) for _ in range(3)),
-                   "rtt_pub": tcp_rtt(self.host_ip, self.echo_port, self.pings)}
+                   "rtt_pub": tcp_rtt(self.host_ip, self.echo_port, self.pings),
+                   **self.rule_walks()}
         creates, rms = [], []
         for _ in range(SAMPLES):
             net, ms = self.lab.create_network(self.driver, self.lab.name("x"))
@@ -176,6 +203,27 @@ class Column:
         fig["create"], fig["rm"] = statistics.median(creates), statistics.median(rms)
         if self.label != FLOOR:
             fig["rules"] = float(firewall_size())
+        return fig
+
+
+    def rule_walks(self) -> dict[str, float]:
+        """Rules evaluated for the packets of a ping between the containers and of a TCP
+        echo through the published port: the first packet of each, and the costliest later
+        one."""
+        def ping() -> None:
+            docker("exec", self.client, "ping", "-c", "3", "-i", "0.2", self.server_ip)
+
+        def echo() -> None:
+            if not echoes(self.host_ip, self.echo_port):
+                raise RuntimeError(f"no echo through {self.host_ip}:{self.echo_port}")
+
+        fig: dict[str, float] = {}
+        for key, probe, prerouting, output in (
+                ("walk_c2c", ping, f"ip saddr {self.subnet} ip daddr {self.subnet}", None),
+                ("walk_pub", echo, f"ip saddr {self.server_ip} tcp sport {ECHO_PORT}",
+                 f"ip daddr {self.host_ip} tcp dport {self.echo_port}")):
+            fig[f"{key}_first"], fig[key] = first_and_established(
+                walk_rules(f"pbtrace-{self.lab.tag}", probe, prerouting, output))
         return fig
 
 
@@ -245,8 +293,8 @@ def run_column(label: str, counts: list[int], subnets: Subnets, mib: int, pings:
     """Every step of one column, keyed by step name (``steps``)."""
     lab = Lab(subnets)
     out: dict[str, dict[str, float]] = {}
-    with column_driver(label) as (driver, _inst):
-        column = Column(label, driver, lab, mib, pings)
+    with column_driver(label) as (driver, inst):
+        column = Column(label, driver, lab, mib, pings, inst)
         try:
             column.start()
             for count in counts:

@@ -4,6 +4,7 @@ import os
 import platform
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 from lab import (
@@ -11,6 +12,7 @@ from lab import (
     docker,
     firewall_backend,
     run,
+    wait_for,
 )
 from lab.bench import CALL_LINE
 
@@ -39,6 +41,23 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time ``pid`` and its reaped children (iptables, nft) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(pid: int, share: float = 0.05, window: float = 1.0) -> None:
+    """Return once ``pid`` used under ``share`` of a CPU for ``window`` seconds: after a
+    burst of networks pynet finishes the work it does after its answers (rules, the periodic
+    check's look at what changed) before a figure is taken, as a user's steady state has it."""
+    def quiet() -> bool:
+        before = cpu_seconds(pid)
+        time.sleep(window)  # the window the share is measured over
+        return cpu_seconds(pid) - before < share * window
+    wait_for(f"pynet ({pid}) to go quiet", quiet, timeout=300, interval=0)
 
 
 def handler_times(log_text: str) -> dict[str, list[float]]:

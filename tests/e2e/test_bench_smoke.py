@@ -60,7 +60,9 @@ def test_bench_smoke_reports_every_figure_with_numbers(dockerd: None, tmp_path: 
 
 def test_scale_smoke_reports_every_column_and_cleans_up(dockerd: None, tmp_path: Path) -> None:
     """``scripts/scale.py`` at two tiny counts: every column it runs on this dockerd has every
-    figure it owes (the floor column create and rm only), and nothing of it is left."""
+    figure it owes (the floor column create and rm only), pynet's packets of established
+    connections are matched against as many rules at either count, and nothing of it is
+    left."""
     out = tmp_path / "scale.json"
     run([str(VENV_BIN / "python"), str(REPO / "scripts" / "scale.py"), "--counts", "1,2",
          "--mib", "8", "--pings", "5", "--json", str(out)], timeout=300)
@@ -69,10 +71,17 @@ def test_scale_smoke_reports_every_column_and_cleans_up(dockerd: None, tmp_path:
     for label, steps in results.items():
         assert sorted(steps) == ["1", "2", "first again"], label
         owed = {"create", "rm"} if label == "floor" else {
-            "tput_c2c", "rtt_c2c", "tput_pub", "rtt_pub", "create", "rm", "rules"}
+            "tput_c2c", "rtt_c2c", "tput_pub", "rtt_pub", "create", "rm", "rules",
+            "walk_c2c_first", "walk_c2c", "walk_pub_first", "walk_pub"}
         for figures in steps.values():
             assert figures.keys() == owed, label
             assert all(value > 0 for value in figures.values()), (label, figures)
+        if label.startswith("pynet"):
+            # A packet of an established connection is matched against as many rules with
+            # a second network as with one, and as many again once it is gone: pynet's
+            # per-packet cost does not grow with its networks (counted, so exact).
+            assert {s["walk_c2c"] for s in steps.values()} == {steps["1"]["walk_c2c"]}, steps
+            assert {s["walk_pub"] for s in steps.values()} == {steps["1"]["walk_pub"]}, steps
     left = run(["docker", "network", "ls", "--format", "{{.Name}}"]).stdout.split()
     assert not [name for name in left if name.startswith("pb-")]
     assert not run(["docker", "ps", "-aq", "--filter", "name=pb-"]).stdout.strip()

@@ -67,6 +67,7 @@ from lab.bench.pynet_side import (  # noqa: E402
     worker_pid,
 )
 from lab.bench.resources import Lab, dockerd_answers, host_address, timed  # noqa: E402
+from lab.bench.stackfloor import StackFloorDriver  # noqa: E402
 from lab.bench.verdicts import (  # noqa: E402
     Figure,
     figures,
@@ -101,6 +102,7 @@ class Run:
     params: Params
     host_ip: str
     floor_driver: str  # the floor remote driver's name
+    stack_floor_driver: str  # the same on pynet's HTTP stack (lab.bench.stackfloor)
     figs: dict[str, Figure] = field(default_factory=figures)
     retried: list[str] = field(default_factory=list)
     stopped: str = ""  # why growth ended early, if it did
@@ -124,21 +126,29 @@ class Run:
         self.figs[key].add(driver, value)
 
     def floor(self) -> None:
-        """The floor driver's network create, and RUN_SAMPLES container runs and network
-        connects (rm and disconnect untimed), in the pynet column beside bridge's (copied in
-        by ``measure``)."""
+        """The floor driver's network create and RUN_SAMPLES container runs, and RUN_SAMPLES
+        network connects with it and with the stack floor (rm and disconnect untimed), in
+        the pynet column beside bridge's (copied in by ``measure``)."""
         net, ms = self.lab.create_network(self.floor_driver, self.lab.name("nn"))
         self.record("net_floor", "pynet", ms)
-        other, _ = self.lab.create_network(self.floor_driver, self.lab.name("nn"))
         for _ in range(RUN_SAMPLES):
             name = self.lab.name("frun")
             self.record("run_floor", "pynet", timed("run", "-d", "--name", name, "--network",
                                                     net.name, IMAGE, "sleep", "3600"))
             docker("rm", "-f", name)
+        docker("network", "rm", net.name)
+        for driver, key in ((self.floor_driver, "connect_floor"),
+                            (self.stack_floor_driver, "connect_stack")):
+            self.floor_connects(driver, key)
+
+    def floor_connects(self, driver: str, key: str) -> None:
+        """RUN_SAMPLES connects of a container of ``driver``'s to another of its networks."""
+        net, _ = self.lab.create_network(driver, self.lab.name("nn"))
+        other, _ = self.lab.create_network(driver, self.lab.name("nn"))
         name = self.lab.name("fcon")
         docker("run", "-d", "--name", name, "--network", net.name, IMAGE, "sleep", "3600")
         for _ in range(RUN_SAMPLES):
-            self.record("connect_floor", "pynet", timed("network", "connect", other.name, name))
+            self.record(key, "pynet", timed("network", "connect", other.name, name))
             docker("network", "disconnect", other.name, name)
         docker("rm", "-f", name)
         docker("network", "rm", net.name, other.name)
@@ -366,7 +376,7 @@ def measure(bench: Run, inst: Instance, log: Callable[[str], None]) -> dict[str,
         log(f"iteration {i + 1}/{p.iterations} done")
     # The floor rows compare the floor driver with bridge's own figures.
     for floor, figure in (("net_floor", "net_create"), ("run_floor", "run"),
-                          ("connect_floor", "connect")):
+                          ("connect_floor", "connect"), ("connect_stack", "connect")):
         bench.figs[floor].samples[BRIDGE] = list(bench.figs[figure].samples[BRIDGE])
     made = {label: 0 for label, _ in bench.drivers()}
     try:
@@ -420,13 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     inst = bench_instance()
     lab = Lab(Subnets(str(POOL), SUBNET_PREFIX))
     floor = FloorDriver(f"pb-{lab.tag}-floor")
+    stack_floor = StackFloorDriver(f"pb-{lab.tag}-sfloor")
     profiler = None
     started = time.monotonic()
     calls: dict[str, list[float]] = {}
     try:
         floor.start()
+        stack_floor.start()
         inst.start()
-        bench = Run(lab, inst.name, params, host_address(), floor.name)
+        bench = Run(lab, inst.name, params, host_address(), floor.name, stack_floor.name)
         if args.profile:
             assert inst.proc is not None
             profiler = start_profiler(worker_pid(inst.proc.pid), args.profile)
@@ -438,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_profiler(profiler)
             leftovers = clean_up(lab, inst, args.keep_log, log)
             floor.stop()
+            stack_floor.stop()
     rows = [judge(f, bench.figs) for f in bench.figs.values()]
     info = machine()
     print(f"\nmachine: {info['nproc']} cores ({info['cpu']}), kernel {info['kernel']}, "

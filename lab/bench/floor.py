@@ -9,49 +9,62 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, NetlinkError
 
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+
+
+class Links:
+    """The floor's netlink: one socket, made on first use, one request at a time."""
+
+    def __init__(self) -> None:
+        self._ipr: IPRoute | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, command: str, **spec: str) -> None:
+        with self._lock:
+            if self._ipr is None:
+                self._ipr = IPRoute()
+            try:
+                self._ipr.link(command, **spec)
+            except NetlinkError:
+                pass  # a retried call: the pair is there (add) or gone with its peer (del)
+
+
+def floor_answer(path: str, raw: bytes, links: Links) -> dict:
+    """The answer to the call at ``path``, doing only what a container cannot start without:
+    a veth pair per endpoint, whose container end Join hands to dockerd."""
+    call = path.rsplit(".", 1)[-1]
+    endpoint = str(json.loads(raw or b"{}").get("EndpointID", ""))[:12]
+    if call == "Activate":
+        return {"Implements": ["NetworkDriver"]}
+    if call == "GetCapabilities":
+        return {"Scope": "local"}
+    if call == "CreateEndpoint":
+        links("add", ifname=f"pfh{endpoint}", kind="veth", peer=f"pfc{endpoint}")
+    elif call == "Join":
+        # No gateway to give: without DisableGatewayService dockerd would attach every
+        # container to docker_gwbridge too (a second, bridge-driver endpoint), and the
+        # floor would measure that attach as well.
+        return {"InterfaceName": {"SrcName": f"pfc{endpoint}", "DstPrefix": "eth"},
+                "DisableGatewayService": True}
+    elif call == "DeleteEndpoint":
+        links("del", ifname=f"pfh{endpoint}")
+    return {}
+
 
 class _FloorHandler(http.server.BaseHTTPRequestHandler):
-    """Answers every remote-driver call at once, doing only what a container cannot start
-    without: a veth pair per endpoint, whose container end Join hands to dockerd."""
+    """Serves ``floor_answer`` with the standard library's HTTP server."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as dockerd's plugin client expects
-    ipr: IPRoute | None = None
-    lock = threading.Lock()
+    links = Links()
 
     def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        call = self.path.rsplit(".", 1)[-1]
-        endpoint = str(json.loads(raw or b"{}").get("EndpointID", ""))[:12]
-        body: dict = {}
-        if call == "Activate":
-            body = {"Implements": ["NetworkDriver"]}
-        elif call == "GetCapabilities":
-            body = {"Scope": "local"}
-        elif call == "CreateEndpoint":
-            self._links("add", ifname=f"pfh{endpoint}", kind="veth", peer=f"pfc{endpoint}")
-        elif call == "Join":
-            # No gateway to give: without DisableGatewayService dockerd would attach every
-            # container to docker_gwbridge too (a second, bridge-driver endpoint), and the
-            # floor would measure that attach as well.
-            body = {"InterfaceName": {"SrcName": f"pfc{endpoint}", "DstPrefix": "eth"},
-                    "DisableGatewayService": True}
-        elif call == "DeleteEndpoint":
-            self._links("del", ifname=f"pfh{endpoint}")
-        data = json.dumps(body).encode()
+        data = json.dumps(floor_answer(self.path, raw, self.links)).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.docker.plugins.v1+json")
+        self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-    def _links(self, command: str, **spec: str) -> None:
-        with self.lock:
-            if _FloorHandler.ipr is None:
-                _FloorHandler.ipr = IPRoute()
-            try:
-                _FloorHandler.ipr.link(command, **spec)
-            except NetlinkError:
-                pass  # a retried call: the pair is there (add) or gone with its peer (del)
 
     def log_message(self, *args: object) -> None:
         """Quiet: the benchmark's output is the table."""

@@ -51,6 +51,9 @@ def figures() -> dict[str, Figure]:
         Figure("rm", "container rm", "ms", "info"),
         Figure("connect", "network connect", "ms", "floor", 1.10, floor="connect_floor"),
         Figure("connect_floor", "network connect, floor remote driver", "ms", "info"),
+        # The floor's answers from a Flask app in pynet's gunicorn setup: the share of the
+        # HTTP stack pynet is built on (lab.bench.stackfloor).
+        Figure("connect_stack", "network connect, floor on pynet's HTTP stack", "ms", "info"),
         Figure("disconnect", "network disconnect", "ms", "info"),
         Figure("ttp", "docker run until ping answers", "ms", "ratio", 1.05),
         Figure("ports", "run+rm with 2 published ports", "ms", "ratio", 1.0),

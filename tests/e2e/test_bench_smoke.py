@@ -15,6 +15,8 @@ COMPARED = {
     "net_create": "network create", "net_rm": "network rm",
     "run": "container run", "rm": "container rm",
     "connect": "network connect", "disconnect": "network disconnect",
+    "connect_floor": "network connect, floor remote driver",
+    "connect_stack": "network connect, floor on pynet's HTTP stack",
     "ttp": "docker run until ping answers", "ports": "run+rm with 2 published ports",
     "slope_create": "growth: network create slope", "slope_run": "growth: container run slope",
     "tput_c2c": "TCP throughput container→container", "rtt_c2c": "ping RTT container→container",

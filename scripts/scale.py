@@ -205,7 +205,6 @@ class Column:
             fig["rules"] = float(firewall_size())
         return fig
 
-
     def rule_walks(self) -> dict[str, float]:
         """Rules evaluated for the packets of a ping between the containers and of a TCP
         echo through the published port: the first packet of each, and the costliest later

@@ -1,4 +1,5 @@
-"""Bridges, veth pairs and addresses through netlink (pyroute2), as idempotent ensure steps.
+"""Bridges, veth pairs and addresses through netlink, as idempotent ensure steps (pyroute2,
+but for link writes: see Netlink._write_link).
 
 Each function makes the kernel match one fact and treats "already there" (EEXIST) and "already
 gone" (ENODEV) as success, so a retried call from dockerd and the reconciler can run them again
@@ -10,6 +11,7 @@ import errno
 import fcntl
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import struct
@@ -20,6 +22,7 @@ from types import SimpleNamespace
 
 from pyroute2 import Conntrack, IPRoute
 from pyroute2.conntrack import NFCTAttrTuple
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -46,18 +49,21 @@ class Link:
     up: bool
 
 
-# Attribute numbers (linux/if_link.h, linux/if_addr.h) of the few values pynet reads.
-IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 4, 10, 18, 20
-IFLA_INFO_KIND = 1
+# Attribute numbers (linux/if_link.h, linux/veth.h, linux/if_addr.h) of the few values pynet
+# reads or writes.
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_TXQLEN = 1, 3, 4, 10, 13
+IFLA_LINKINFO, IFLA_IFALIAS = 18, 20
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER, IFLA_BRPORT_MODE = 1, 4
+NLA_F_NESTED = 0x8000
+IFF_UP = 0x1
+SOL_NETLINK, NETLINK_CAP_ACK = 270, 10  # the option: error answers leave the request out
+_NLMSGHDR = struct.Struct("=LHHLL")  # length, type, flags, sequence number, port id
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFA_ADDRESS = 1
 IFA_F_NODAD = 0x02  # ifaddrmsg flag: skip duplicate address detection
 SIOCGIFINDEX = 0x8933  # <linux/sockios.h>: an interface's index by name
 _IFREQ = struct.Struct("16si20x")  # struct ifreq: the name, then ifr_ifindex in the union
-# A bridge port's hairpin mode, as the port attribute of a link request (what `ip link set
-# DEV type bridge_slave hairpin on` sends), so it can ride along with other link settings.
-HAIRPIN: dict[str, object] = {"IFLA_LINKINFO": {"attrs": [
-    ["IFLA_INFO_SLAVE_KIND", "bridge"],
-    ["IFLA_INFO_SLAVE_DATA", {"attrs": [["IFLA_BRPORT_MODE", 1]]}]]}}
 _NLA_TYPE_MASK = 0x3FFF  # without the nested / byte-order flag bits
 # Where the attributes start in a message: after nlmsghdr (16 bytes) and ifinfomsg / ifaddrmsg.
 _LINK_ATTRS_AT, _ADDRESS_ATTRS_AT = 16 + 16, 16 + 8
@@ -77,6 +83,37 @@ def _attributes(data: bytes, start: int, end: int, wanted: set[int]) -> dict[int
             found.setdefault(kind & _NLA_TYPE_MASK, bytes(data[start + 4:start + length]))
         start += (length + 3) & ~3
     return found
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded (what _attributes reads)."""
+    return struct.pack("HH", 4 + len(payload), kind) + payload + bytes(-len(payload) % 4)
+
+
+def _nested(kind: int, *children: bytes) -> bytes:
+    return _attribute(kind | NLA_F_NESTED, b"".join(children))
+
+
+def _string(kind: int, text: str) -> bytes:
+    return _attribute(kind, text.encode() + b"\0")
+
+
+def _u32_attribute(kind: int, value: int) -> bytes:
+    return _attribute(kind, struct.pack("I", value))
+
+
+def _link_attributes(name: str, mac: str | None = None, mtu: int = 0) -> bytes:
+    """A link's name, and its MAC and MTU where given (0: the kernel's default)."""
+    return (_string(IFLA_IFNAME, name)
+            + (_attribute(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))) if mac else b"")
+            + (_u32_attribute(IFLA_MTU, mtu) if mtu else b""))
+
+
+# A bridge port's hairpin mode, as the port attribute of a link request (what `ip link set
+# DEV type bridge_slave hairpin on` sends), so it can ride along with other link settings.
+# The kernel reads port attributes in RTM_NEWLINK only (RTM_SETLINK ignores them).
+HAIRPIN = _nested(IFLA_LINKINFO, _string(IFLA_INFO_SLAVE_KIND, "bridge"),
+                  _nested(IFLA_INFO_SLAVE_DATA, _attribute(IFLA_BRPORT_MODE, b"\1")))
 
 
 def _text(payload: bytes | None) -> str:
@@ -193,6 +230,14 @@ class Netlink:
         self._ioctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if netns is None else None
         self._calls = 0
         self._lock = threading.Lock()
+        # Link writes (_write_link) go out on a socket of their own: pyroute2's IPRoute runs
+        # an event loop around each request, which took longer than the kernel's work on the
+        # requests of docker run's path (a veth pair and its settings).
+        self._writer = create_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW,
+                                     socket.NETLINK_ROUTE)
+        self._writer.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self._writer.bind((0, 0))
+        self._sequence = 0
 
     def sibling(self) -> "Netlink":
         """Another socket on the same namespace: deleting a link blocks its socket for as long
@@ -217,6 +262,7 @@ class Netlink:
     def close(self) -> None:
         """Release the sockets."""
         self._ipr.close()
+        self._writer.close()
         if self._ioctl is not None:
             self._ioctl.close()
 
@@ -235,6 +281,39 @@ class Netlink:
                     return None
                 raise KernelError(f"{what}: {errno.errorcode.get(exc.code, exc.code)} "
                                   f"({exc})") from exc
+
+    def _write_link(self, what: str, attributes: bytes, up: bool = False,
+                    create: bool = False, tolerate: tuple[int, ...] = ()) -> bool:
+        """Send one RTM_NEWLINK request (``create``: of a new link, else of the one the
+        IFLA_IFNAME in ``attributes`` names) and wait for the kernel's answer; False if it
+        refused with an error in ``tolerate``. ``up`` raises the link. The request is
+        encoded here, as the replies are decoded (_LinkMessage): pyroute2's encoder took
+        longer than the kernel's work on the small requests of docker run's path."""
+        flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if create else 0)
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP if up else 0,
+                               IFF_UP if up else 0) + attributes
+        with self._lock:
+            self._sequence = self._sequence % 0xFFFFFFFF + 1
+            self._writer.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWLINK, flags,
+                                             self._sequence, 0) + body)
+            code = self._answer(self._sequence)
+        if code == 0 or code in tolerate:
+            return code == 0
+        raise KernelError(f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
+
+    def _answer(self, sequence: int) -> int:
+        """The error number the kernel answered request ``sequence`` with (0: done). Answers
+        to earlier requests (one whose sender gave up, say) are skipped."""
+        while True:
+            data = self._writer.recv(65536)
+            at = 0
+            while at + _NLMSGHDR.size + 4 <= len(data):
+                length, kind, _flags, seq, _port = _NLMSGHDR.unpack_from(data, at)
+                if kind == NLMSG_ERROR and seq == sequence:
+                    return -struct.unpack_from("=i", data, at + _NLMSGHDR.size)[0]
+                if length < _NLMSGHDR.size:
+                    break  # malformed: read the next datagram
+                at += (length + 3) & ~3
 
     def get(self, name: str) -> Link | None:
         """The link called ``name``, or None."""
@@ -307,25 +386,25 @@ class Netlink:
         ``alias`` None means the bridge is the user's: it is used as it is, never marked."""
         # On docker network create's path: one request creates and raises the bridge (EEXIST
         # means it is there already), and what was just created is not read back.
-        created = self._call(f"creating bridge {name}", "link", "add", ifname=name,
-                             kind="bridge", address=random_local_mac(), state="up",
-                             tolerate=(errno.EEXIST,)) is not None
+        created = self._write_link(
+            f"creating bridge {name}",
+            _link_attributes(name, random_local_mac())
+            + _nested(IFLA_LINKINFO, _string(IFLA_INFO_KIND, "bridge")),
+            up=True, create=True, tolerate=(errno.EEXIST,))
         if created:
             if alias is not None:
-                self._call(f"marking bridge {name}", "link", "set", ifname=name, ifalias=alias)
+                self._write_link(f"marking bridge {name}",
+                                 _string(IFLA_IFNAME, name) + _string(IFLA_IFALIAS, alias))
             return True
         existing = self._require(name)
         if existing.kind != "bridge":
             raise Conflict(f"interface {name} exists and is a {existing.kind or 'device'}, not a "
                            "bridge; choose another com.docker.network.bridge.name")
-        settings: dict[str, object] = {}
-        if alias is not None and existing.alias != alias:
-            settings["ifalias"] = alias
-        if not existing.up:
-            settings["state"] = "up"
-        if settings:
-            self._call(f"configuring bridge {name}", "link", "set", index=existing.index,
-                       **settings)
+        mark = _string(IFLA_IFALIAS, alias) if alias is not None and existing.alias != alias \
+            else b""
+        if mark or not existing.up:
+            self._write_link(f"configuring bridge {name}", _string(IFLA_IFNAME, name) + mark,
+                             up=True)
         return False
 
     def ensure_address(self, name: str, address: Interface) -> None:
@@ -376,34 +455,35 @@ class Netlink:
             raise KernelError(f"link {bridge} does not exist")
         # This is on docker run's path: one request creates, enslaves and raises the pair
         # (EEXIST: a retry finds it made), the rest addresses it by name, nothing is read back.
-        peer_spec: dict[str, object] = {"ifname": peer, "address": mac}
-        extra: dict[str, object] = {}
-        if mtu:
-            peer_spec["mtu"] = extra["mtu"] = mtu
-        created = self._call(f"creating veth pair {host}/{peer}", "link", "add", ifname=host,
-                             kind="veth", peer=peer_spec, txqlen=0, master=bridge_index,
-                             state="up", tolerate=(errno.EEXIST,), **extra) is not None
+        created = self._write_link(
+            f"creating veth pair {host}/{peer}",
+            _link_attributes(host, mtu=mtu) + _u32_attribute(IFLA_TXQLEN, 0)
+            + _u32_attribute(IFLA_MASTER, bridge_index)
+            + _nested(IFLA_LINKINFO, _string(IFLA_INFO_KIND, "veth"), _nested(
+                IFLA_INFO_DATA, _attribute(VETH_INFO_PEER, _IFINFOMSG.pack(0, 0, 0, 0, 0)
+                                           + _link_attributes(peer, mac, mtu)))),
+            up=True, create=True, tolerate=(errno.EEXIST,))
+        port = HAIRPIN if hairpin else b""
+        name = _string(IFLA_IFNAME, host)
         if created:  # the alias and the bridge port's hairpin mode in one more request
-            self._call(f"configuring veth {host}", "link", "set", ifname=host, ifalias=alias,
-                       **(HAIRPIN if hairpin else {}))
+            self._write_link(f"configuring veth {host}",
+                             name + _string(IFLA_IFALIAS, alias) + port)
             return
         existing = self._require(host)
         if existing.kind != "veth":
             raise Conflict(f"interface {host} exists and is a {existing.kind or 'device'}, "
                            "not a veth; remove it")
-        settings: dict[str, object] = {}
+        settings = b""
         if existing.alias != alias:
-            settings["ifalias"] = alias
+            settings += _string(IFLA_IFALIAS, alias)
         if existing.master != bridge_index:
-            settings["master"] = bridge_index
+            settings += _u32_attribute(IFLA_MASTER, bridge_index)
         if mtu and existing.mtu != mtu:
-            settings["mtu"] = mtu
-        if not existing.up:
-            settings["state"] = "up"
-        if settings:
-            self._call(f"configuring veth {host}", "link", "set", ifname=host, **settings)
-        if hairpin:  # a request of its own: the kernel reads it as a port of the old master
-            self._call(f"setting hairpin on {host}", "link", "set", ifname=host, **HAIRPIN)
+            settings += _u32_attribute(IFLA_MTU, mtu)
+        if settings or not existing.up:
+            self._write_link(f"configuring veth {host}", name + settings, up=True)
+        if port:  # a request of its own: the kernel reads it as a port of the old master
+            self._write_link(f"setting hairpin on {host}", name + port)
 
     def _index(self, name: str) -> int | None:
         """The index of link ``name``, or None.

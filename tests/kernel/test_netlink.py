@@ -102,8 +102,21 @@ def test_veth_pair_with_mtu_mac_master_and_hairpin(nl: Netlink, ns: str) -> None
     assert host["master"] == "pnbr0" and "UP" in host["flags"]
     assert host["mtu"] == peer["mtu"] == 1400
     assert peer["address"] == mac == "02:42:0a:e7:fa:02"
-    assert host["ifalias"] == "pynet:k:2"
+    assert host["ifalias"] == "pynet:k:2" and "ifalias" not in peer
     assert host["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert host.get("txqlen", 0) == 0 < peer["txqlen"]  # ip leaves a zero queue length out
+    assert "UP" not in peer["flags"]
+
+
+def test_a_refused_veth_names_the_pair_and_the_error_and_leaves_nothing(nl: Netlink,
+                                                                       ns: str) -> None:
+    nl.ensure_bridge("pnbr0", alias="pynet:k:1")
+    with pytest.raises(KernelError, match=r"creating veth pair pnh0/pnc0: EINVAL"):
+        nl.ensure_veth("pnh0", "pnc0", "pnbr0", 70000, "02:42:0a:e7:fa:02", "pynet:k:2",
+                       hairpin=False)
+    assert nl.get("pnh0") is None and nl.get("pnc0") is None
+    nl.ensure_veth("pnh0", "pnc0", "pnbr0", 0, "02:42:0a:e7:fa:02", "pynet:k:2", hairpin=False)
+    assert ip_link(ns, "pnh0")["master"] == "pnbr0"  # the socket still pairs its answers
 
 
 def test_ensure_veth_repairs_a_detached_port(nl: Netlink, ns: str) -> None:

@@ -34,6 +34,24 @@ from gunicorn.workers import base
 _Accepted = tuple[socket.socket, object, socket.socket]
 
 
+class _Gathered:
+    """The connection as an answer's writer sees it (gunicorn's Response writes with
+    ``sendall`` only): the head and the body go out in one send when the answer is complete,
+    so dockerd's reader is woken once, not twice."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        """Send what was written."""
+        self._conn.sendall(b"".join(self._parts))
+        self._parts.clear()
+
+
 class ConnectionWorker(base.Worker):  # type: ignore[misc]
     """A gunicorn worker whose threads each serve a connection at a time (see the module
     docstring)."""
@@ -120,6 +138,7 @@ class ConnectionWorker(base.Worker):  # type: ignore[misc]
         """Run the app for one request; whether the connection may carry another."""
         resp, environ = wsgi.create(req, conn, addr, server, self.cfg)
         environ["wsgi.multithread"] = True
+        resp.sock = out = _Gathered(conn)
         body = self.wsgi(environ, resp.start_response)
         if not self.alive:  # before the head is written: a stop came during the call
             resp.force_close()
@@ -127,6 +146,7 @@ class ConnectionWorker(base.Worker):  # type: ignore[misc]
             for chunk in body:
                 resp.write(chunk)
             resp.close()
+            out.flush()
         finally:
             if hasattr(body, "close"):
                 body.close()  # runs the app's call_on_close hooks

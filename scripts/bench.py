@@ -41,6 +41,7 @@ from lab import (  # noqa: E402
 )
 from lab.bench import (  # noqa: E402
     BRIDGE,
+    CONNECT_SAMPLES,
     ECHO_PORT,
     POOL,
     RUN_SAMPLES,
@@ -126,9 +127,8 @@ class Run:
         self.figs[key].add(driver, value)
 
     def floor(self) -> None:
-        """The floor driver's network create and RUN_SAMPLES container runs, and RUN_SAMPLES
-        network connects with it and with the stack floor (rm and disconnect untimed), in
-        the pynet column beside bridge's (copied in by ``measure``)."""
+        """The floor driver's network create and RUN_SAMPLES container runs, in the pynet
+        column beside bridge's (copied in by ``measure``)."""
         net, ms = self.lab.create_network(self.floor_driver, self.lab.name("nn"))
         self.record("net_floor", "pynet", ms)
         for _ in range(RUN_SAMPLES):
@@ -137,21 +137,31 @@ class Run:
                                                     net.name, IMAGE, "sleep", "3600"))
             docker("rm", "-f", name)
         docker("network", "rm", net.name)
-        for driver, key in ((self.floor_driver, "connect_floor"),
-                            (self.stack_floor_driver, "connect_stack")):
-            self.floor_connects(driver, key)
 
-    def floor_connects(self, driver: str, key: str) -> None:
-        """RUN_SAMPLES connects of a container of ``driver``'s to another of its networks."""
-        net, _ = self.lab.create_network(driver, self.lab.name("nn"))
-        other, _ = self.lab.create_network(driver, self.lab.name("nn"))
-        name = self.lab.name("fcon")
-        docker("run", "-d", "--name", name, "--network", net.name, IMAGE, "sleep", "3600")
-        for _ in range(RUN_SAMPLES):
-            self.record(key, "pynet", timed("network", "connect", other.name, name))
-            docker("network", "disconnect", other.name, name)
-        docker("rm", "-f", name)
-        docker("network", "rm", net.name, other.name)
+    def connects(self, i: int) -> None:
+        """CONNECT_SAMPLES network connects and disconnects of round ``i``, for bridge, pynet,
+        the floor and the stack floor in turn (who goes first rotates): a container on a
+        network of the driver's joins a second one. Slot by slot, pynet's connect and the
+        floor's are taken side by side, which the floor verdict pairs (verdicts.judge)."""
+        subjects = [("connect", BRIDGE, BRIDGE), ("connect", "pynet", self.pynet),
+                    ("connect_floor", "pynet", self.floor_driver),
+                    ("connect_stack", "pynet", self.stack_floor_driver)]
+        made = []
+        for key, label, driver in subjects:
+            net, _ = self.lab.create_network(driver, self.lab.name("cn"))
+            other, _ = self.lab.create_network(driver, self.lab.name("cn"))
+            name = self.lab.name("con")
+            docker("run", "-d", "--name", name, "--network", net.name, IMAGE, "sleep", "3600")
+            made.append((key, label, net.name, other.name, name))
+        for k in range(CONNECT_SAMPLES):
+            turn = (i + k) % len(made)
+            for key, label, _, other, name in made[turn:] + made[:turn]:
+                self.record(key, label, timed("network", "connect", other, name))
+                ms = timed("network", "disconnect", other, name)
+                if key == "connect":
+                    self.record("disconnect", label, ms)
+        docker("rm", "-f", *(name for *_, name in made))
+        docker("network", "rm", *(n for _, _, net, other, _ in made for n in (net, other)))
 
     def iteration(self, label: str, driver: str) -> None:
         """One round of every per-call and data-plane figure for one driver."""
@@ -172,9 +182,6 @@ class Run:
 
         client = lab.name("cli")
         self.record("ttp", label, time_to_ping(label, net, client))
-        for _ in range(RUN_SAMPLES):  # as many as container runs: both are noisy
-            self.record("connect", label, timed("network", "connect", net2.name, client))
-            self.record("disconnect", label, timed("network", "disconnect", net2.name, client))
 
         self.record("tput_c2c", label, throughput_c2c(client, server_ip, p.mib))
         self.record("rtt_c2c", label, ping_rtt(client, server_ip, p.pings))
@@ -368,6 +375,7 @@ def measure(bench: Run, inst: Instance, log: Callable[[str], None]) -> dict[str,
             for label, driver in bench.drivers(pynet_first=i % 2 == 1):
                 bench.iteration(label, driver)
             bench.floor()
+            bench.connects(i)
 
         def undo_round(saved: dict = saved) -> None:
             bench.restore(saved)

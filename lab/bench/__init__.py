@@ -13,6 +13,8 @@ SUBNET_PREFIX = 26
 # is mostly dockerd's work with a few ms of the driver's in it: this many samples a round, of
 # each driver and of the floor, keep their medians steady.
 RUN_SAMPLES = 3
+# Network connect is cheap and each sample's spread is wide: more of them a round.
+CONNECT_SAMPLES = 6
 SERVER_HOST = 10  # the server container's fixed address: <subnet> + 10
 ECHO_PORT, SINK_PORT = 5002, 5003
 # In the server container: a TCP echo and a TCP sink, each forking per connection (-ll).

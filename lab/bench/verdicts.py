@@ -14,7 +14,8 @@ class Figure:
     plane: not worse than bridge beyond the noise of bridge's own samples), ``slope`` (growth:
     pynet's slope not above bridge's beyond two standard errors), ``absolute`` (pynet alone, at
     most ``limit``), ``floor`` (``ratio``, or pynet within FLOOR_MARGIN_MS of the figure
-    ``floor`` names), ``info`` (shown, not judged).
+    ``floor`` names, whose samples were taken beside pynet's, one for one), ``info`` (shown,
+    not judged).
     """
 
     key: str
@@ -150,12 +151,17 @@ def judge(fig: Figure, figs: dict[str, Figure]) -> Row:
         return Row(fig.key, fig.label, fig.unit, mb, mp, ratio, f"≤ {fig.limit:.2f}×",
                    "PASS" if ok else "MISS")
     if fig.rule == "floor":
-        below = figs[fig.floor].samples["pynet"]
-        floor = statistics.median(below) if below else None
+        # pynet's samples and the floor's were taken side by side (in the same slot or round):
+        # the median of their differences, which drift between rounds does not move as it
+        # moves two medians taken apart.
+        above = statistics.median(p - f for p, f in zip(
+            fig.samples["pynet"], figs[fig.floor].samples["pynet"], strict=True)) \
+            if fig.samples["pynet"] else None
         ok = ratio is not None and ratio <= fig.limit or (
-            mp is not None and floor is not None and mp <= floor + FLOOR_MARGIN_MS)
+            above is not None and above <= FLOOR_MARGIN_MS)
         return Row(fig.key, fig.label, fig.unit, mb, mp, ratio,
-                   f"≤ {fig.limit:.2f}× or floor +{FLOOR_MARGIN_MS:g} ms",
+                   f"≤ {fig.limit:.2f}× or floor +{FLOOR_MARGIN_MS:g} ms"
+                   + (f" ({above:+.1f})" if above is not None else ""),
                    "PASS" if ok else "MISS")
     noise = max(0.05, spread(fig.samples[BRIDGE]))
     if fig.higher_is_better:

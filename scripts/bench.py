@@ -65,6 +65,7 @@ from lab.bench.pynet_side import (  # noqa: E402
     handler_times,
     machine,
     rss_mib,
+    wait_until_quiet,
     worker_pid,
 )
 from lab.bench.resources import Lab, dockerd_answers, host_address, timed  # noqa: E402
@@ -104,6 +105,7 @@ class Run:
     host_ip: str
     floor_driver: str  # the floor remote driver's name
     stack_floor_driver: str  # the same on pynet's HTTP stack (lab.bench.stackfloor)
+    pynet_pid: int  # the instance's worker process
     figs: dict[str, Figure] = field(default_factory=figures)
     retried: list[str] = field(default_factory=list)
     stopped: str = ""  # why growth ended early, if it did
@@ -142,7 +144,9 @@ class Run:
         """CONNECT_SAMPLES network connects and disconnects of round ``i``, for bridge, pynet,
         the floor and the stack floor in turn (who goes first rotates): a container on a
         network of the driver's joins a second one. Slot by slot, pynet's connect and the
-        floor's are taken side by side, which the floor verdict pairs (verdicts.judge)."""
+        floor's are taken side by side, which the floor verdict pairs (verdicts.judge). They
+        start once pynet is quiet: the round's network removals and creates leave it work to
+        do after its answers (bridges to delete, rules to write), which is not a connect's."""
         subjects = [("connect", BRIDGE, BRIDGE), ("connect", "pynet", self.pynet),
                     ("connect_floor", "pynet", self.floor_driver),
                     ("connect_stack", "pynet", self.stack_floor_driver)]
@@ -153,6 +157,7 @@ class Run:
             name = self.lab.name("con")
             docker("run", "-d", "--name", name, "--network", net.name, IMAGE, "sleep", "3600")
             made.append((key, label, net.name, other.name, name))
+        wait_until_quiet(self.pynet_pid)
         for k in range(CONNECT_SAMPLES):
             turn = (i + k) % len(made)
             for key, label, _, other, name in made[turn:] + made[:turn]:
@@ -394,9 +399,7 @@ def measure(bench: Run, inst: Instance, log: Callable[[str], None]) -> dict[str,
         log(bench.stopped)
     lab.cleanup()  # growth networks go before RSS is read: memory that stays is the point
 
-    assert inst.proc is not None
-    worker = worker_pid(inst.proc.pid)
-    bench.record("rss", "pynet", rss_mib(worker))
+    bench.record("rss", "pynet", rss_mib(bench.pynet_pid))
     calls = handler_times(Path(inst.log_path).read_text(errors="replace"))
     every = [v for values in calls.values() for v in values]
     if not every:
@@ -446,10 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         floor.start()
         stack_floor.start()
         inst.start()
-        bench = Run(lab, inst.name, params, host_address(), floor.name, stack_floor.name)
+        assert inst.proc is not None
+        bench = Run(lab, inst.name, params, host_address(), floor.name, stack_floor.name,
+                    worker_pid(inst.proc.pid))
         if args.profile:
-            assert inst.proc is not None
-            profiler = start_profiler(worker_pid(inst.proc.pid), args.profile)
+            profiler = start_profiler(bench.pynet_pid, args.profile)
         log(f"pynet instance {inst.name}; networks pb-{lab.tag}-*; {params}")
         calls = measure(bench, inst, log)
     finally:

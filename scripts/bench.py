@@ -68,7 +68,7 @@ from lab.bench.pynet_side import (  # noqa: E402
     wait_until_quiet,
     worker_pid,
 )
-from lab.bench.resources import Lab, dockerd_answers, host_address, timed  # noqa: E402
+from lab.bench.resources import Api, Lab, dockerd_answers, host_address, timed  # noqa: E402
 from lab.bench.stackfloor import StackFloorDriver  # noqa: E402
 from lab.bench.verdicts import (  # noqa: E402
     Figure,
@@ -106,6 +106,7 @@ class Run:
     floor_driver: str  # the floor remote driver's name
     stack_floor_driver: str  # the same on pynet's HTTP stack (lab.bench.stackfloor)
     pynet_pid: int  # the instance's worker process
+    api: Api = field(default_factory=Api)
     figs: dict[str, Figure] = field(default_factory=figures)
     retried: list[str] = field(default_factory=list)
     stopped: str = ""  # why growth ended early, if it did
@@ -135,9 +136,8 @@ class Run:
         self.record("net_floor", "pynet", ms)
         for _ in range(RUN_SAMPLES):
             name = self.lab.name("frun")
-            self.record("run_floor", "pynet", timed("run", "-d", "--name", name, "--network",
-                                                    net.name, IMAGE, "sleep", "3600"))
-            docker("rm", "-f", name)
+            self.record("run_floor", "pynet", self.api.run(name, net.name, "sleep", "3600"))
+            self.api.rm(name)
         docker("network", "rm", net.name)
 
     def connects(self, i: int) -> None:
@@ -161,8 +161,8 @@ class Run:
         for k in range(CONNECT_SAMPLES):
             turn = (i + k) % len(made)
             for key, label, _, other, name in made[turn:] + made[:turn]:
-                self.record(key, label, timed("network", "connect", other, name))
-                ms = timed("network", "disconnect", other, name)
+                self.record(key, label, self.api.connect(other, name))
+                ms = self.api.disconnect(other, name)
                 if key == "connect":
                     self.record("disconnect", label, ms)
         docker("rm", "-f", *(name for *_, name in made))
@@ -199,9 +199,8 @@ class Run:
 
         for _ in range(RUN_SAMPLES):
             plain = lab.name("run")
-            self.record("run", label, timed("run", "-d", "--name", plain, "--network",
-                                            net.name, IMAGE, "sleep", "3600"))
-            self.record("rm", label, timed("rm", "-f", plain))
+            self.record("run", label, self.api.run(plain, net.name, "sleep", "3600"))
+            self.record("rm", label, self.api.rm(plain))
 
         ported = lab.name("pub")
         ms = timed("run", "-d", "--name", ported, "--network", net.name,

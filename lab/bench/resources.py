@@ -1,14 +1,19 @@
 """The benchmark's networks and containers, named pb-<tag>-..., removed again."""
 
+import http.client
 import ipaddress
 import json
+import os
 import secrets
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from lab import (
     DOCKER,
+    IMAGE,
     Subnets,
     docker,
     docker_ok,
@@ -107,6 +112,73 @@ def dockerd_answers() -> bool:
         return docker_ok()
     except subprocess.TimeoutExpired:
         return False
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Api:
+    """dockerd's HTTP API on its Unix socket, over one kept-alive connection. Container run
+    and rm and network connect and disconnect are timed here rather than through the CLI:
+    the CLI's own start-up is the same for every driver and spreads each sample by more than
+    the few ms the floor verdicts are about."""
+
+    def __init__(self) -> None:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if not host.startswith("unix://"):
+            raise RuntimeError(f"DOCKER_HOST={host}: the benchmark needs dockerd's Unix socket")
+        self._path = host.removeprefix("unix://")
+        self._conn: _UnixConnection | None = None
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+        if self._conn is None:
+            self._conn = _UnixConnection(self._path)
+        try:
+            self._conn.request(method, path, json.dumps(body) if body is not None else None,
+                               {"Content-Type": "application/json"})
+            reply = self._conn.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException):
+            self._conn.close()
+            self._conn = None  # a dockerd restart: the next call connects again
+            raise
+        if reply.status >= 300:
+            raise RuntimeError(f"dockerd: {method} {path}: {reply.status} "
+                               f"{data.decode(errors='replace').strip()}")
+
+    def _timed(self, *calls: tuple[str, str, dict[str, Any] | None]) -> float:
+        start = time.perf_counter()
+        for method, path, body in calls:
+            self._call(method, path, body)
+        return (time.perf_counter() - start) * 1000
+
+    def run(self, name: str, network: str, *command: str) -> float:
+        """ms to create and start a detached container (what ``docker run -d`` asks)."""
+        return self._timed(
+            ("POST", f"/containers/create?name={name}",
+             {"Image": IMAGE, "Cmd": list(command), "HostConfig": {"NetworkMode": network}}),
+            ("POST", f"/containers/{name}/start", None))
+
+    def rm(self, name: str) -> float:
+        """ms to remove a container, running or not (``docker rm -f``)."""
+        return self._timed(("DELETE", f"/containers/{name}?force=1", None))
+
+    def connect(self, network: str, container: str) -> float:
+        """ms of ``docker network connect``'s request."""
+        return self._timed(("POST", f"/networks/{network}/connect", {"Container": container}))
+
+    def disconnect(self, network: str, container: str) -> float:
+        """ms of ``docker network disconnect``'s request."""
+        return self._timed(("POST", f"/networks/{network}/disconnect",
+                            {"Container": container}))
 
 
 def timed(*args: str, timeout: float = 120.0) -> float:

@@ -12,22 +12,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from lab import REPO, wait_for
 
 # A gunicorn server with pynet's worker and an app that answers with the serving thread's
-# id; /slow tells the test it started (a file) and answers once the test writes the fifo.
+# id; /slow tells the test it started (a file) and answers once the test writes the fifo;
+# /halves returns its body in two parts and waits for the fifo between them.
 SERVER = textwrap.dedent('''
     import os, sys, threading
     from gunicorn.app.base import BaseApplication
 
     sock, workdir, threads, keepalive = sys.argv[1:5]
 
+    def wait_for_release():
+        open(os.path.join(workdir, "entered"), "w").close()
+        with open(os.path.join(workdir, "release")) as fifo:
+            fifo.read()
+
+    def halves():
+        yield b"a"
+        wait_for_release()
+        yield b"b"
+
     def app(environ, start_response):
         environ["wsgi.input"].read()
+        if environ["PATH_INFO"] == "/halves":
+            start_response("200 OK", [("Content-Length", "2")])
+            return halves()
         if environ["PATH_INFO"] == "/slow":
-            open(os.path.join(workdir, "entered"), "w").close()
-            with open(os.path.join(workdir, "release")) as fifo:
-                fifo.read()
+            wait_for_release()
         body = str(threading.get_ident()).encode()
         start_response("200 OK", [("Content-Type", "text/plain"),
                                   ("Content-Length", str(len(body)))])
@@ -187,6 +201,26 @@ def test_a_stop_ends_idle_connections_and_lets_calls_finish(tmp_path: Path) -> N
         finally:
             idle.close()
             busy.close()
+
+
+def test_an_answer_goes_out_in_one_send(tmp_path: Path) -> None:
+    """Head and body together, so dockerd's reader wakes once, even from an app that returns
+    its body in parts."""
+    with server(tmp_path) as (_, sock):
+        conn = connect(sock)
+        try:
+            send(conn, "/halves")
+            wait_for("the app to return its first half", (tmp_path / "entered").exists)
+            conn.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                conn.recv(4096)  # neither the head nor "a" went out
+            conn.settimeout(10)
+            with open(tmp_path / "release", "w") as fifo:
+                fifo.write("go")
+            data = conn.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nab"), data
+        finally:
+            conn.close()
 
 
 def test_a_malformed_request_gets_400(tmp_path: Path) -> None:

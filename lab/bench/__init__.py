@@ -9,9 +9,9 @@ BRIDGE = "bridge"
 POOL = ipaddress.IPv4Network("10.232.0.0/16")  # this benchmark's range; tests use 10.231/16
 # /26 each: 200 growth networks per driver (400) do not fit into the pool as /24s.
 SUBNET_PREFIX = 26
-# Container run and network connect are the figures closest to their targets, and each sample
-# is mostly dockerd's work with a few ms of the driver's in it: this many samples a round, of
-# each driver and of the floor, keep their medians steady.
+# Container run is among the figures closest to their targets, and each sample is mostly
+# dockerd's work with a few ms of the driver's in it: this many samples a round, of each
+# driver and of the floor, keep their medians steady.
 RUN_SAMPLES = 3
 # Network connect is cheap and each sample's spread is wide: more of them a round.
 CONNECT_SAMPLES = 6

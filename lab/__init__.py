@@ -88,10 +88,13 @@ def firewall_backend() -> str:
     return (docker_api("info").get("FirewallBackend") or {}).get("Driver") or "iptables"
 
 
+DOCKER_SOCKET = "/var/run/docker.sock"  # dockerd's API, as the tests' engines serve it
+
+
 def docker_api(path: str) -> dict:
     """A GET of dockerd's API, as it answers (the CLI the tests run, Debian's, is older than
     some engines and drops what it does not know)."""
-    done = run(["curl", "-sf", "--max-time", "10", "--unix-socket", "/var/run/docker.sock",
+    done = run(["curl", "-sf", "--max-time", "10", "--unix-socket", DOCKER_SOCKET,
                 f"http://localhost/{path}"])
     return json.loads(done.stdout)
 
@@ -99,7 +102,7 @@ def docker_api(path: str) -> dict:
 def docker_api_post(path: str, body: dict[str, Any]) -> tuple[int, dict]:
     """A POST to dockerd's API (for what the tests' CLI cannot say): the HTTP status and the
     JSON answer."""
-    done = run(["curl", "-s", "--max-time", "30", "--unix-socket", "/var/run/docker.sock",
+    done = run(["curl", "-s", "--max-time", "30", "--unix-socket", DOCKER_SOCKET,
                 "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(body),
                 "-w", "\n%{http_code}", f"http://localhost/{path}"])
     answer, status = done.stdout.rsplit("\n", 1)

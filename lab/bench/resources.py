@@ -3,7 +3,6 @@
 import http.client
 import ipaddress
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 
 from lab import (
     DOCKER,
+    DOCKER_SOCKET,
     IMAGE,
     Subnets,
     docker,
@@ -132,15 +132,11 @@ class Api:
     the few ms the floor verdicts are about."""
 
     def __init__(self) -> None:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        if not host.startswith("unix://"):
-            raise RuntimeError(f"DOCKER_HOST={host}: the benchmark needs dockerd's Unix socket")
-        self._path = host.removeprefix("unix://")
         self._conn: _UnixConnection | None = None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
         if self._conn is None:
-            self._conn = _UnixConnection(self._path)
+            self._conn = _UnixConnection(DOCKER_SOCKET)
         try:
             self._conn.request(method, path, json.dumps(body) if body is not None else None,
                                {"Content-Type": "application/json"})

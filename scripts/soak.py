@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # scripts/ is not a package
 
-from plugin.cli import WORKER_THREADS  # noqa: E402  (after the path it needs)
+from plugin.server import WORKER_THREADS  # noqa: E402  (after the path it needs)
 
 PYNET = str(REPO / ".venv" / "bin" / "pynet")
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"

@@ -2,7 +2,7 @@
 
 ``lab.bench.floor`` answers with the standard library's HTTP server; here the same answers
 (``floor_answer``) come from a Flask app in gunicorn with pynet's settings and worker
-(``plugin.cli.Server``, ``plugin.worker``). The benchmark times network connect with both:
+(``plugin.server.Server``, ``plugin.worker``). The benchmark times network connect with both:
 the difference is what the HTTP stack pynet is built on costs dockerd's calls by itself,
 before pynet decides or builds anything.
 
@@ -21,8 +21,8 @@ from flask import Flask, Response, request
 
 from lab import REPO, wait_for
 from lab.bench.floor import CONTENT_TYPE, Links, floor_answer
-from plugin.cli import Server
 from plugin.config import from_env
+from plugin.server import Server
 
 
 def floor_app() -> Flask:

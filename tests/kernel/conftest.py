@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from lab import new_instance, purge_instance
-from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
+from plugin.service import build_driver
 
 
 @pytest.fixture(params=["iptables", "nftables"])

@@ -22,10 +22,10 @@ from flask.testing import FlaskClient
 from lab import hex_id, network_body
 from lab.netns import thread_in_netns
 from plugin.app import create_app
-from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.firewall import iptables
+from plugin.service import build_driver
 
 DEADLINE = 1.0
 SLACK = 1.5  # scheduling on a loaded 2-core machine; far below any "hang"

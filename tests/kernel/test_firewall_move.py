@@ -7,8 +7,8 @@ from dataclasses import replace
 from lab import driver_call, hex_id, instance_firewall, network_body
 from plugin import reconcile
 from plugin.app import create_app
-from plugin.cli import build_driver
 from plugin.driver import Driver
+from plugin.service import build_driver
 
 OTHER = {"iptables": "nftables", "nftables": "iptables"}
 

@@ -19,8 +19,8 @@ from flask.testing import FlaskClient
 from lab import driver_call, hex_id, link, network_body
 from lab.netns import thread_in_netns
 from plugin.app import create_app
-from plugin.cli import build_driver
 from plugin.config import Settings
+from plugin.service import build_driver
 
 LAN = "10.231.251.0/24"  # a route of the "host" (the namespace)
 

@@ -31,10 +31,10 @@ from lab import network_body as any_network_body
 from lab.netns import thread_in_netns
 from plugin import protocol
 from plugin.app import CONTENT_TYPE, DRIVER_CALLS, MAX_BODY, MAX_ERR, STATELESS_CALLS, create_app
-from plugin.cli import build_driver
 from plugin.config import Settings
 from plugin.driver import Driver
 from plugin.options import BRIDGE_NAME, HOST_BINDING_IPV4, IFACE_PREFIX, MTU
+from plugin.service import build_driver
 
 BASE_POOL = "10.231.255.0/24"   # the standing network's (from the tests' 10.231.224.0/19)
 OTHER_POOL = "10.231.254.0/24"  # CreateNetwork mutations: never supersedes the standing one

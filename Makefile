@@ -21,7 +21,7 @@ image:
 	scripts/busybox-image.sh
 
 test: venv image
-	$(VENV)/bin/pytest -v $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -v --durations=25 $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest -v tests/unit

@@ -4,6 +4,7 @@ look at or repair an instance beside (or instead of) its server."""
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from plugin import reconcile
 from plugin.config import Settings
@@ -78,4 +79,5 @@ def uninstall(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-BY_NAME = {"status": status, "reconcile": repair, "forget": forget, "uninstall": uninstall}
+BY_NAME: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "status": status, "reconcile": repair, "forget": forget, "uninstall": uninstall}

@@ -1,12 +1,13 @@
 """``pynet serve``: gunicorn embedded, one worker (state lives in one process), a few threads.
 
-The master process listens before anything imports the driver: it imports gunicorn and the
-settings only, and the worker imports ``plugin.service`` when it loads the app. dockerd (20.10
-to 29) enables a managed plugin by dialling its socket 500 ms after starting it and, when
-nothing listens yet, trying again 3 s later. With the driver's imports (Flask, pyroute2, the
-store) ahead of the listen, pynet listened at about that deadline, and an enable, or a dockerd
-start with the plugin enabled, took 3 s longer whenever the host was a little busy. Calls that
-arrive before the worker is ready wait in the listener's backlog.
+The master process listens before anything imports the driver: it imports gunicorn, the worker
+class and the settings (which bring the record and rule types), and the worker imports
+``plugin.service`` when it loads the app. dockerd (20.10 to 29) enables a managed plugin by
+dialling its socket 500 ms after starting it and, when nothing listens yet, trying again 3 s
+later. With Flask, pyroute2 and the driver imported ahead of the listen, pynet listened at
+about that deadline, and an enable, or a dockerd start with the plugin enabled, took 3 s longer
+whenever the host was a little busy. Calls that arrive before the worker is ready wait in the
+listener's backlog.
 """
 
 import logging

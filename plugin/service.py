@@ -1,9 +1,9 @@
 """The driver wired to the real kernel and the state directory, and what a serving worker runs
 beside its app: the start-up restore and the periodic reconcile.
 
-This module imports the whole driver (Flask, pyroute2, the store): ``plugin.server`` imports
-it in the worker, once the socket listens, and the commands other than ``serve`` import it
-when they run (``plugin.cli``).
+This module imports Flask, pyroute2 and the driver: ``plugin.server`` imports it in the
+worker, once the socket listens, and ``plugin.commands`` (which ``plugin.cli`` imports only for
+the commands other than ``serve``) at its top.
 """
 
 import ctypes

@@ -254,29 +254,31 @@ class SocketWatch(threading.Thread):
 
     def run(self) -> None:
         while self.answered is None and not self.stop.wait(0.005):
-            with socket.socket(socket.AF_UNIX) as conn:
-                try:
-                    conn.connect(self.sock)
-                except OSError:
-                    continue
             if self.listening is None:
+                with socket.socket(socket.AF_UNIX) as conn:
+                    try:
+                        conn.connect(self.sock)
+                    except OSError:
+                        continue
                 self.listening = time.clock_gettime(time.CLOCK_BOOTTIME)
             if answers(self.sock):
                 self.answered = time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def started_at(pid: int) -> float:
-    """A process's start on CLOCK_BOOTTIME: field 22 of /proc/<pid>/stat, in clock ticks."""
+    """A process's start on CLOCK_BOOTTIME, in seconds (field 22 of /proc/<pid>/stat counts
+    clock ticks since boot)."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def test_socket_listens_before_dockerd_dials_it_and_answers_within_a_second(
-        plugin: Plugin) -> None:
+def test_socket_listens_before_dockerd_dials_it_and_answers_soon_after(plugin: Plugin) -> None:
     """dockerd (20.10 to 29) dials a managed plugin's socket 500 ms after starting it and,
     if nothing listens, waits 3 s before it tries again: an enable, and every dockerd start
-    with the plugin enabled, would take 3 s longer. The first call is answered once the
-    start-up restore is done."""
+    with the plugin enabled, would take 3 s longer. The process starts (runc's init is
+    forked) before dockerd's 500 ms do, so the bound here is the stricter one. The first call
+    is answered once the worker has imported the driver and restored state (about 0.5 s
+    here; 1.5 s leaves a busy host room)."""
     sock = plugin.socket()  # asked before: a docker CLI call would count in the times below
     docker("plugin", "disable", "-f", plugin.ref)
     watch = SocketWatch(sock)

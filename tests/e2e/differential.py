@@ -10,11 +10,11 @@ the documented differences it is given.
 """
 
 import difflib
+import functools
 import ipaddress
 import json
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,10 +348,8 @@ class World:
                 return "no host port published"
             return netcheck.probe(self.namespace(cell.src), self.address(cell.dst, cell.family),
                                   port, cell.proto)
-        with ThreadPoolExecutor(max_workers=max(1, len(cells))) as pool:
-            results = list(pool.map(one, cells))
-        return {cell.label: tokens.apply(result) for cell, result in
-                zip(cells, results, strict=True)}
+        found = netcheck.at_once({cell.label: functools.partial(one, cell) for cell in cells})
+        return {label: tokens.apply(result) for label, result in found.items()}
 
     def observe(self, step: str, cells: dict[Cell, str],
                 facts: Callable[["World"], dict[str, str]] | None = None) -> Observation:

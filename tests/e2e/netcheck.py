@@ -18,6 +18,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from lab import run
 from lab.netns import in_netns
@@ -113,6 +115,14 @@ def probe(ns: str | None, ip: str, port: int, proto: str = "tcp", timeout: float
     if result == "timeout":
         result = check(ns, ip, port, timeout)
     return result
+
+
+def at_once(probes: dict[str, Callable[[], str]]) -> dict[str, str]:
+    """Every probe started together, results by name: a blocked path waits out its timeout,
+    twice (``probe``), and a scenario's probes do not wait for each other's."""
+    with ThreadPoolExecutor(max_workers=max(1, len(probes))) as pool:
+        started = {what: pool.submit(one) for what, one in probes.items()}
+    return {what: done.result() for what, done in started.items()}
 
 
 class PeerServer:

@@ -73,28 +73,29 @@ def attack(w: World) -> dict[str, str]:
     c0_ns, c0_ip = w.namespace("c0"), w.address("c0@n0")
     d0_ns, d0_ip = side.ns_and_ip(side.on_net)
     z0_ns, _ = side.ns_and_ip(side.on_docker0)
+    c1_ns, gw1 = w.namespace("c1"), w.address("gw:n1")
     bridge_mac, host_mac = mac(w.nets["n0"].bridge), mac(out.host_end)
-    found = {
+    found = netcheck.at_once({
         "container -> host service on 127.0.0.1 (raw frame to the gateway)":
-            netcheck.raw_syn(c0_ns, "eth0", bridge_mac, c0_ip, "127.0.0.1", p["H3"]),
+            lambda: netcheck.raw_syn(c0_ns, "eth0", bridge_mac, c0_ip, "127.0.0.1", p["H3"]),
         "neighbour -> port published on 127.0.0.1 (raw frame to the host)":
-            netcheck.raw_syn(out.ns, out.ns_end, host_mac, out.ip, "127.0.0.1", p["H2"]),
+            lambda: netcheck.raw_syn(out.ns, out.ns_end, host_mac, out.ip, "127.0.0.1", p["H2"]),
         "neighbour -> container address, unpublished port":
-            netcheck.probe(out.ns, c0_ip, 9000),
+            lambda: netcheck.probe(out.ns, c0_ip, 9000),
         "neighbour -> container address, published port":
-            netcheck.probe(out.ns, c0_ip, 80),
+            lambda: netcheck.probe(out.ns, c0_ip, 80),
         "internal container -> host address":
-            netcheck.probe(w.namespace("c1"), out.host_ip, p["hostsrv"]),
-        INTERNAL_TO_PORT: netcheck.probe(w.namespace("c1"), w.address("gw:n1"), p["H1"]),
+            lambda: netcheck.probe(c1_ns, out.host_ip, p["hostsrv"]),
+        INTERNAL_TO_PORT: lambda: netcheck.probe(c1_ns, gw1, p["H1"]),
         "Docker bridge network container -> container":
-            netcheck.probe(d0_ns, c0_ip, 80),
+            lambda: netcheck.probe(d0_ns, c0_ip, 80),
         "docker0 container -> container":
-            netcheck.probe(z0_ns, c0_ip, 80),
+            lambda: netcheck.probe(z0_ns, c0_ip, 80),
         "container -> Docker bridge network container (its published port)":
-            netcheck.probe(c0_ns, d0_ip, 80),
+            lambda: netcheck.probe(c0_ns, d0_ip, 80),
         "neighbour -> port published on the host address":
-            netcheck.probe(out.ns, out.host_ip, p["H1"]),
-    }
+            lambda: netcheck.probe(out.ns, out.host_ip, p["H1"]),
+    })
     return verdicts(w, found)
 
 
@@ -163,19 +164,22 @@ def attack6(w: World) -> dict[str, str]:
     side = DockerSide(w, ipv6=True)
     c0_ns, c0_ip = w.namespace("c0"), w.address("c0@n0", 6)
     d0_ns, d0_ip = side.ns_and_ip(side.on_net, 6)
-    found = {
-        "neighbour -> container address, unpublished port": netcheck.probe(out.ns, c0_ip, 9000),
-        "neighbour -> container address, published port": netcheck.probe(out.ns, c0_ip, 80),
-        "neighbour -> internal container": netcheck.probe(out.ns, w.address("c1@n1", 6), 80),
+    c1_ns, c1_ip, gw1 = w.namespace("c1"), w.address("c1@n1", 6), w.address("gw:n1", 6)
+    found = netcheck.at_once({
+        "neighbour -> container address, unpublished port":
+            lambda: netcheck.probe(out.ns, c0_ip, 9000),
+        "neighbour -> container address, published port":
+            lambda: netcheck.probe(out.ns, c0_ip, 80),
+        "neighbour -> internal container": lambda: netcheck.probe(out.ns, c1_ip, 80),
         "internal container -> host address":
-            netcheck.probe(w.namespace("c1"), out.host_ip6, p["hostsrv"]),
-        INTERNAL_TO_PORT: netcheck.probe(w.namespace("c1"), w.address("gw:n1", 6), p["H1"]),
-        "Docker bridge network container -> container": netcheck.probe(d0_ns, c0_ip, 80),
+            lambda: netcheck.probe(c1_ns, out.host_ip6, p["hostsrv"]),
+        INTERNAL_TO_PORT: lambda: netcheck.probe(c1_ns, gw1, p["H1"]),
+        "Docker bridge network container -> container": lambda: netcheck.probe(d0_ns, c0_ip, 80),
         "container -> Docker bridge network container (its published port)":
-            netcheck.probe(c0_ns, d0_ip, 80),
+            lambda: netcheck.probe(c0_ns, d0_ip, 80),
         "neighbour -> port published on the host address":
-            netcheck.probe(out.ns, out.host_ip6, p["H1"]),
-    }
+            lambda: netcheck.probe(out.ns, out.host_ip6, p["H1"]),
+    })
     return verdicts(w, found)
 
 
